@@ -1,0 +1,75 @@
+"""Export the global adapter in PEFT's LoRA format (adapter_config.json + adapter_model.safetensors).
+
+``PeftModel.from_pretrained(base_model, DIR)`` loads the result. PEFT computes scale = lora_alpha / r per module;
+for each module we write r = its rank and lora_alpha = scale · r (per-module values go in rank_pattern /
+alpha_pattern when ranks differ), so the loaded model is exactly W0 + scale · B A.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from torch import Tensor
+
+PEFT_PREFIX = "base_model.model."
+
+
+def peft_state_dict(factors: Mapping[str, tuple[Tensor, Tensor]]) -> dict[str, Tensor]:
+    """PEFT's key layout: base_model.model.<module>.lora_A.weight (r×n) and .lora_B.weight (m×r)."""
+    state: dict[str, Tensor] = {}
+    for name, (B, A) in factors.items():
+        state[f"{PEFT_PREFIX}{name}.lora_A.weight"] = A.detach().to("cpu", torch.float32).contiguous()
+        state[f"{PEFT_PREFIX}{name}.lora_B.weight"] = B.detach().to("cpu", torch.float32).contiguous()
+    return state
+
+
+def adapter_config(
+    factors: Mapping[str, tuple[Tensor, Tensor]],
+    scales: Mapping[str, float],
+    target_modules: list[str],
+    base_model: str,
+) -> dict:
+    """A PEFT LoraConfig dict reproducing W0 + scale · B A for every module."""
+    ranks = {name: int(A.shape[0]) for name, (_, A) in factors.items()}
+    rank = max(set(ranks.values()), key=list(ranks.values()).count)  # the most common rank
+    default_scale = max(set(scales.values()), key=list(scales.values()).count)
+    rank_pattern = {name: r for name, r in ranks.items() if r != rank}
+    alpha_pattern = {
+        name: scales[name] * ranks[name]
+        for name in factors
+        if ranks[name] != rank or scales[name] != default_scale
+    }
+    return {
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": base_model,
+        "r": rank,
+        "lora_alpha": default_scale * rank,
+        "lora_dropout": 0.0,
+        "target_modules": sorted(set(target_modules)),
+        "bias": "none",
+        "fan_in_fan_out": False,
+        "use_rslora": False,
+        "init_lora_weights": True,
+        "rank_pattern": rank_pattern,
+        "alpha_pattern": alpha_pattern,
+        "inference_mode": True,
+    }
+
+
+def save_peft_adapter(
+    out_dir: Path,
+    factors: Mapping[str, tuple[Tensor, Tensor]],
+    scales: Mapping[str, float],
+    target_modules: list[str],
+    base_model: str,
+) -> None:
+    """Write ``adapter_config.json`` and ``adapter_model.safetensors`` into ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config = adapter_config(factors, scales, target_modules, base_model)
+    save_file(peft_state_dict(factors), str(out_dir / "adapter_model.safetensors"))
+    (out_dir / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
