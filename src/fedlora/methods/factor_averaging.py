@@ -1,0 +1,90 @@
+"""FSLoRA (sketched) and FedIT (full rank): one global rank-r pair per module, averaged update on the factors.
+
+FSLoRA (arXiv 2501.19389): client i with budget k_i receives, per module, B[:, I] and A[I, :] for one uniform
+index set I (|I| = k_i) shared by B's columns and A's rows, and trains them at scale (alpha/r)·(r/k_i) =
+alpha/k_i: its model is W0 + (alpha/r)·B S A with E[S] = Identity. It returns the trained blocks; the server
+scatters each block update Δ_i = (trained − sent) back to the columns/rows it came from (zeros elsewhere) and
+forms Δ = Σ_i a_i · scatter(Δ_i) with the round's aggregation weights a_i (Σ a_i = 1 under uniform sampling).
+Columns no participant touched get zero update: this is the unbiased FSLoRA estimator, not a per-column average.
+
+FedIT is the same code with k_i = r for every client and no sketch: Δ = Σ a_i (B_i − B, A_i − A), so with
+Σ a_i = 1 and the "avg" server optimizer at lr 1 the new factors are Σ a_i B_i and Σ a_i A_i.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+from fedlora import aggregation, sketch
+from fedlora.lora.state import Factors, ModuleShape, flatten_factors, init_factors, unflatten_factors
+from fedlora.methods.base import ClientPlan
+from fedlora.server_optimizer import ServerOptimizer
+
+
+class FactorAveraging:
+    """The global rank-r adapter and its update rule; ``budgets=None`` means FedIT (everyone at full rank)."""
+
+    def __init__(
+        self,
+        name: str,
+        shapes: Mapping[str, ModuleShape],
+        rank: int,
+        alpha: float,
+        budgets: Sequence[int] | None,
+        optimizer: ServerOptimizer,
+        init_generator: torch.Generator,
+    ) -> None:
+        self.name = name
+        self.rank = rank
+        self.scale = alpha / rank
+        self.budgets = list(budgets) if budgets is not None else None
+        self.optimizer = optimizer
+        self.factors: Factors = init_factors(shapes, rank, init_generator)
+
+    # ------------------------------------------------------------------ plan
+    def plan(self, client_id: int, generator: torch.Generator) -> ClientPlan:
+        if self.budgets is None:
+            full = torch.arange(self.rank)
+            factors = {name: (B.clone(), A.clone()) for name, (B, A) in self.factors.items()}
+            return ClientPlan(client_id, self.rank, self.scale, factors, context={n: full for n in factors})
+        k = self.budgets[client_id]
+        factors, context = {}, {}
+        for name, (B, A) in self.factors.items():
+            indices = sketch.sample_indices(self.rank, k, generator)
+            factors[name] = sketch.extract_block(B, A, indices)
+            context[name] = indices
+        return ClientPlan(
+            client_id, k, self.scale * sketch.sketch_scale(self.rank, k), factors, context=context
+        )
+
+    # ------------------------------------------------------------- aggregate
+    def aggregate(self, plans: list[ClientPlan], uploads: list[Factors], weights: list[float]) -> dict:
+        delta: Factors = {}
+        for name in self.factors:
+            scattered_B, scattered_A = [], []
+            for plan, upload in zip(plans, uploads, strict=True):
+                sent_B, sent_A = plan.factors[name]
+                new_B, new_A = upload[name]
+                dB, dA = sketch.scatter_block(new_B - sent_B, new_A - sent_A, plan.context[name], self.rank)
+                scattered_B.append(dB)
+                scattered_A.append(dA)
+            delta[name] = aggregation.fedit(scattered_B, scattered_A, weights)
+        self.factors = self.optimizer.step(self.factors, delta)
+        return {}
+
+    # ---------------------------------------------------------------- views
+    def global_adapter(self) -> tuple[Factors, dict[str, float]]:
+        return self.factors, {name: self.scale for name in self.factors}
+
+    def state_tensors(self) -> dict[str, Tensor]:
+        state = flatten_factors(self.factors, prefix="global.")
+        state.update({f"opt.{k}": v for k, v in self.optimizer.state_tensors().items()})
+        return state
+
+    def load_state_tensors(self, tensors: dict[str, Tensor], step_count: int) -> None:
+        self.factors = unflatten_factors(tensors, prefix="global.")
+        opt = {k[len("opt.") :]: v for k, v in tensors.items() if k.startswith("opt.")}
+        self.optimizer.load_state_tensors(opt, step_count)
