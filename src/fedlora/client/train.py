@@ -1,0 +1,96 @@
+"""Local training of one client's installed adapter: AdamW, schedule, gradient accumulation, seeded."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from fedlora.client.loss import answer_loss
+from fedlora.data.tokenize import collate, length_grouped_order
+
+
+@dataclass(frozen=True)
+class LocalTraining:
+    """Plain arguments for ``train_adapter`` (see fedlora.config.TrainConfig for meanings)."""
+
+    lr: float
+    local_steps: int
+    batch_size: int
+    grad_accum: int = 1
+    lr_schedule: str = "constant"
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    max_grad_norm: float | None = 1.0
+
+
+@dataclass(frozen=True)
+class LocalResult:
+    train_loss: float
+    """Mean answer-token loss over the round's micro-batches (before each step's update)."""
+    steps: int
+    tokens: int
+    """Tokens processed (padding excluded)."""
+    num_examples: int
+
+
+def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
+    """Multiplier of the base learning rate at optimizer step ``step`` (0-based)."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(total - warmup, 1)
+    if schedule == "linear":
+        return max(0.0, 1.0 - progress)
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    return 1.0
+
+
+def _micro_batches(examples: list[dict], count: int, batch_size: int, generator: torch.Generator):
+    """``count`` micro-batches of index lists, cycling through length-grouped epochs as needed."""
+    lengths = [len(e["input_ids"]) for e in examples]
+    produced = 0
+    while produced < count:
+        for batch in length_grouped_order(lengths, batch_size, generator):
+            yield batch
+            produced += 1
+            if produced == count:
+                return
+
+
+def train_adapter(
+    model: nn.Module, examples: list[dict], cfg: LocalTraining, pad_id: int, seed: int
+) -> LocalResult:
+    """Train the model's trainable parameters (the installed LoRA factors) on encoded examples.
+
+    examples: dicts with ``input_ids`` and ``labels`` lists (fedlora.data.tokenize.encode_example).
+    """
+    if not examples:
+        raise ValueError("client has no training examples")
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)  # dropout
+    device = params[0].device
+    model.train()
+    batches = _micro_batches(examples, cfg.local_steps * cfg.grad_accum, cfg.batch_size, generator)
+    losses, tokens = [], 0
+    for step in range(cfg.local_steps):
+        for group in optimizer.param_groups:
+            group["lr"] = cfg.lr * lr_factor(step, cfg.local_steps, cfg.warmup_steps, cfg.lr_schedule)
+        micro = [collate([examples[i] for i in next(batches)], pad_id) for _ in range(cfg.grad_accum)]
+        answer_tokens = sum(int((m["labels"][:, 1:] != -100).sum()) for m in micro)
+        for m in micro:
+            ids, mask, labels = (m[k].to(device) for k in ("input_ids", "attention_mask", "labels"))
+            loss_sum, _ = answer_loss(model, ids, mask, labels)
+            (loss_sum / max(answer_tokens, 1)).backward()
+            losses.append(loss_sum.item() / max(int((labels[:, 1:] != -100).sum()), 1))
+            tokens += int(mask.sum())
+        if cfg.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    model.eval()
+    return LocalResult(sum(losses) / len(losses), cfg.local_steps, tokens, len(examples))
