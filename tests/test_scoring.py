@@ -100,9 +100,7 @@ def test_picks_the_right_single_token_option_on_a_model_with_known_logits():
     prompts, options = ["ha", "cb", "zz"], ["x", "y", "z"]
     scores = option_logprobs(model, tok, prompts, options)
     assert scores.shape == (3, 3) and scores.dtype == torch.float64
-    expected = torch.tensor(
-        [[exact_score(table, p[-1], o) for o in options] for p in prompts], dtype=torch.float64
-    )
+    expected = torch.tensor([[exact_score(table, p[-1], o) for o in options] for p in prompts], dtype=torch.float64)
     torch.testing.assert_close(scores, expected, atol=1e-5, rtol=0)
     # the uniform row ('z' has no preference) gives log(1/259) to every option
     assert scores[2].sub(-math.log(259)).abs().max() < 1e-5
@@ -116,9 +114,7 @@ def test_multi_token_options_sum_and_mean_exactly():
     model = BigramLM(table)
     prompts, options = ["a", "some longer prompt ending in b"], ["xy", "y", "xyq", "zzz"]
     scores = option_logprobs(model, tok, prompts, options, batch_size=3)
-    expected = torch.tensor(
-        [[exact_score(table, p[-1], o) for o in options] for p in prompts], dtype=torch.float64
-    )
+    expected = torch.tensor([[exact_score(table, p[-1], o) for o in options] for p in prompts], dtype=torch.float64)
     torch.testing.assert_close(scores, expected, atol=1e-5, rtol=0)
     assert scores[0].argmax().item() == 0  # "xy" after "a": the preferred chain
     normalised = option_logprobs(model, tok, prompts, options, length_normalize=True)
@@ -204,9 +200,7 @@ def test_fast_path_equals_general_path_equals_naive_reference(llama):
     for batch_size in (1, 3, 16):  # different padding per prompt: scores must not change
         fast = option_logprobs(model, tok, PROMPTS, options, batch_size=batch_size)
         torch.testing.assert_close(fast, reference, atol=1e-5, rtol=0)
-        torch.testing.assert_close(
-            general_path(model, tok, PROMPTS, options, batch_size), reference, atol=1e-5, rtol=0
-        )
+        torch.testing.assert_close(general_path(model, tok, PROMPTS, options, batch_size), reference, atol=1e-5, rtol=0)
     assert reference.std() > 0.1  # the comparison is not between near-constant numbers
 
 
@@ -238,9 +232,7 @@ def test_lm_head_runs_only_at_the_scored_positions(llama):
     option_logprobs(model, tok, PROMPTS[:2], ["x", "y"])  # first call verifies the split on a full forward
     assert scoring._split_verified[model] is True
     head_inputs = []
-    hook = model.get_output_embeddings().register_forward_hook(
-        lambda m, args, out: head_inputs.append(args[0].shape)
-    )
+    hook = model.get_output_embeddings().register_forward_hook(lambda m, args, out: head_inputs.append(args[0].shape))
     try:
         option_logprobs(model, tok, PROMPTS, ["x", "y", "z"], batch_size=4)
         assert head_inputs == [torch.Size([4, 64]), torch.Size([3, 64])]  # one row per prompt

@@ -73,9 +73,7 @@ def test_scatter_inverts_extract():
 
 def _method(budgets, rank=16, shapes=None):
     shapes = shapes or {"l0.q": ModuleShape(24, 20), "l0.v": ModuleShape(24, 20), "l1.q": ModuleShape(24, 20)}
-    method = FactorAveraging(
-        "fslora", shapes, rank, 32.0, budgets, ServerOptimizer(), torch.Generator().manual_seed(0)
-    )
+    method = FactorAveraging("fslora", shapes, rank, 32.0, budgets, ServerOptimizer(), torch.Generator().manual_seed(0))
     # non-zero B so that blocks are informative
     method.factors = {n: (torch.randn_like(B), A) for n, (B, A) in method.factors.items()}
     return method
@@ -83,7 +81,7 @@ def _method(budgets, rank=16, shapes=None):
 
 def test_plan_shares_one_index_set_between_B_and_A():
     method = _method([4])
-    plan = method.plan(0, torch.Generator().manual_seed(7))
+    plan = method.plan(0, 1, torch.Generator().manual_seed(7))
     for name, (B, A) in method.factors.items():
         idx = plan.context[name]
         b, a = plan.factors[name]
@@ -99,7 +97,7 @@ def test_uploaded_bytes_are_k_over_r_of_full_rank_plus_header():
     rank = 16
     for k in (1, 4, 8, 16):
         method = _method([k], rank=rank)
-        plan = method.plan(0, torch.Generator().manual_seed(k))
+        plan = method.plan(0, 1, torch.Generator().manual_seed(k))
         sent = flatten_factors(plan.factors)
         full = flatten_factors(method.factors)
         assert payload.tensor_bytes(sent) * rank == payload.tensor_bytes(full) * k
@@ -113,7 +111,7 @@ def test_fslora_aggregate_scatters_and_averages():
     """Server update = Σ a_i scatter(Δ_i); columns no one touched keep their value."""
     method = _method([4, 8], rank=16)
     before = {n: (B.clone(), A.clone()) for n, (B, A) in method.factors.items()}
-    plans = [method.plan(i, torch.Generator().manual_seed(10 + i)) for i in range(2)]
+    plans = [method.plan(i, 1, torch.Generator().manual_seed(10 + i)) for i in range(2)]
     uploads = [{n: (b + 1.0, a - 2.0) for n, (b, a) in p.factors.items()} for p in plans]
     method.aggregate(plans, uploads, [0.25, 0.75])
     for name in method.factors:
@@ -128,10 +126,8 @@ def test_fslora_aggregate_scatters_and_averages():
 def test_fedit_aggregate_equals_hand_computed_average():
     """FedIT: new B = Σ a_i B_i and new A = Σ a_i A_i (a_i summing to 1)."""
     shapes = {"m": ModuleShape(3, 2)}
-    method = FactorAveraging(
-        "fedit", shapes, 2, 2.0, None, ServerOptimizer(), torch.Generator().manual_seed(0)
-    )
-    plans = [method.plan(i, torch.Generator()) for i in range(3)]
+    method = FactorAveraging("fedit", shapes, 2, 2.0, None, ServerOptimizer(), torch.Generator().manual_seed(0))
+    plans = [method.plan(i, 1, torch.Generator()) for i in range(3)]
     B1, B2, B3 = (torch.full((3, 2), v) for v in (1.0, 2.0, 4.0))
     A1, A2, A3 = (torch.full((2, 2), v) for v in (-1.0, 0.0, 3.0))
     method.aggregate(plans, [{"m": (B1, A1)}, {"m": (B2, A2)}, {"m": (B3, A3)}], [0.5, 0.25, 0.25])

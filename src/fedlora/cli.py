@@ -75,9 +75,7 @@ def resume_config(run_dir: Path, config: Path | None, overrides: list[str]):
     b = wanted.model_dump(exclude={"rounds"})
     if a != b:
         field = _first_difference(a, b)
-        raise FedloraError(
-            f"--resume {run_dir}: config differs from {resolved} at {field}; only rounds may change"
-        )
+        raise FedloraError(f"--resume {run_dir}: config differs from {resolved} at {field}; only rounds may change")
     return wanted
 
 
@@ -104,8 +102,7 @@ def run(
 ) -> None:
     """Run a federated fine-tune and write config, metrics, summary, adapter and checkpoint into the folder."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from fedlora import federation
-    from fedlora.config import load_config
+    from fedlora.config import load_config  # light: config errors are reported before torch is imported
 
     try:
         if resume is not None:
@@ -118,6 +115,8 @@ def run(
                 raise FedloraError("usage: fedlora run CONFIG [key=value ...] --out DIR  (or --resume DIR)")
             cfg = load_config(config, list(overrides or []))
             run_dir = out
+        from fedlora import federation
+
         summary = federation.run(cfg, run_dir, resume=resume is not None, reporter=RichReporter(console))
     except FedloraError as err:
         _fail(err)

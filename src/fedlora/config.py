@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from fedlora.errors import ConfigError
 
-METHODS = ("fslora", "fedit")
+METHODS = ("fslora", "fedit", "ffa", "flora", "florist", "flexlora", "hetlora")
 
 
 class _Section(BaseModel):
@@ -37,9 +37,7 @@ class ModelConfig(_Section):
 
     name: str = "smollm2-135m"
     """Bundled id ("smollm2-135m"), a local directory, a Hugging Face hub id, or "tiny-random"."""
-    target_modules: list[str] = Field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"], min_length=1
-    )
+    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"], min_length=1)
     """Names (last path component) of the nn.Linear modules that get LoRA."""
     device: str = "auto"
     """"auto" (CUDA when present), "cpu", "cuda" or "cuda:N"."""
@@ -102,10 +100,11 @@ class LoRAConfig(_Section):
     dropout: float = Field(0.0, ge=0, lt=1)
 
 
-class FSLoRAConfig(_Section):
-    """Per-client sketch budgets k_i ≤ lora.rank (sketching ratio k_i / rank)."""
+class BudgetsConfig(_Section):
+    """Per-client budgets k_i ≤ lora.rank: FSLoRA's sketch size (ratio k_i / rank), and the adapter rank r_k of
+    the heterogeneous-rank methods (FLoRA, FLoRIST, FlexLoRA, HetLoRA). FedIT and FFA-LoRA train lora.rank."""
 
-    budgets: list[int] | None = None
+    per_client: list[int] | None = None
     """One budget per client; when unset they are drawn once from ``distribution`` with the run seed."""
     distribution: Literal["uniform", "normal", "heavy_tail"] = "uniform"
     k_min: int = Field(1, ge=1)
@@ -113,8 +112,20 @@ class FSLoRAConfig(_Section):
     """Upper budget for drawn budgets (default: lora.rank)."""
 
 
+class FloristConfig(_Section):
+    """FLoRIST's options."""
+
+    tau: float = Field(0.9, gt=0, le=1)
+    """Energy share kept per module: the smallest rank p with Σ_{i≤p} σ_i² ≥ τ Σ σ_i²; τ = 1 keeps all (FLoRA)."""
+    handoff: Literal["merge", "pad"] = "merge"
+    """"merge": fold the global update into the base, fresh adapters each round (the paper's v1).
+    "pad": send each client the global factors padded/truncated to its rank (the MLSys code)."""
+
+
 class ServerConfig(_Section):
-    """How the server turns the aggregated update Δ into the next global adapter."""
+    """How FSLoRA, FedIT and FFA-LoRA turn the aggregated update Δ into the next global adapter.
+
+    ``weighting`` applies to every method."""
 
     optimizer: Literal["avg", "adam"] = "avg"
     """"avg": global += lr·Δ. "adam": Adam on the pseudo-gradient −Δ (FedOpt)."""
@@ -165,7 +176,7 @@ class RunConfig(_Section):
     """A whole fedlora run."""
 
     seed: int = 0
-    method: Literal["fslora", "fedit"] = "fslora"
+    method: Literal["fslora", "fedit", "ffa", "flora", "florist", "flexlora", "hetlora"] = "fslora"
     rounds: int = Field(10, ge=1)
     threads: int | None = Field(None, ge=1)
     """torch CPU threads (default: torch's choice)."""
@@ -173,7 +184,8 @@ class RunConfig(_Section):
     data: DataConfig = Field(default_factory=DataConfig)
     partition: PartitionConfig = Field(default_factory=PartitionConfig)
     lora: LoRAConfig = Field(default_factory=LoRAConfig)
-    fslora: FSLoRAConfig = Field(default_factory=FSLoRAConfig)
+    budgets: BudgetsConfig = Field(default_factory=BudgetsConfig)
+    florist: FloristConfig = Field(default_factory=FloristConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
@@ -187,18 +199,18 @@ class RunConfig(_Section):
             raise ValueError(
                 f"sampling.clients_per_round: {self.sampling.clients_per_round} exceeds partition.num_clients={n}"
             )
-        budgets = self.fslora.budgets
+        budgets = self.budgets.per_client
         if budgets is not None:
             if len(budgets) != n:
-                raise ValueError(f"fslora.budgets: {len(budgets)} budgets for partition.num_clients={n}")
+                raise ValueError(f"budgets.per_client: {len(budgets)} budgets for partition.num_clients={n}")
             bad = [k for k in budgets if not 1 <= k <= self.lora.rank]
             if bad:
-                raise ValueError(f"fslora.budgets: {bad[0]} is outside [1, lora.rank={self.lora.rank}]")
-        k_max = self.fslora.k_max
-        if k_max is not None and not self.fslora.k_min <= k_max <= self.lora.rank:
-            raise ValueError(f"fslora.k_max: {k_max} must be in [fslora.k_min, lora.rank={self.lora.rank}]")
-        if self.fslora.k_min > self.lora.rank:
-            raise ValueError(f"fslora.k_min: {self.fslora.k_min} exceeds lora.rank={self.lora.rank}")
+                raise ValueError(f"budgets.per_client: {bad[0]} is outside [1, lora.rank={self.lora.rank}]")
+        k_max = self.budgets.k_max
+        if k_max is not None and not self.budgets.k_min <= k_max <= self.lora.rank:
+            raise ValueError(f"budgets.k_max: {k_max} must be in [budgets.k_min, lora.rank={self.lora.rank}]")
+        if self.budgets.k_min > self.lora.rank:
+            raise ValueError(f"budgets.k_min: {self.budgets.k_min} exceeds lora.rank={self.lora.rank}")
         for name in ("uplink_mbps", "downlink_mbps", "tokens_per_s"):
             value = getattr(self.network, name)
             values = value if isinstance(value, list) else [value]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import platform
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Protocol
 
 import torch
@@ -20,7 +21,7 @@ from fedlora.engines.inprocess import InProcessEngine
 from fedlora.errors import CheckpointError
 from fedlora.evaluation.heldout import evaluate_heldout
 from fedlora.lora.export import save_peft_adapter
-from fedlora.lora.state import Factors, flatten_factors, unflatten_factors
+from fedlora.lora.state import Factors, flatten_factors
 from fedlora.methods import build_method
 from fedlora.methods.base import ClientPlan
 from fedlora.network.system import client_round_time, round_time
@@ -61,9 +62,15 @@ def aggregation_weights(kind: str, num_examples: list[int]) -> list[float]:
 
 
 def download_blob(plan: ClientPlan, round_idx: int, train_seed: int) -> bytes:
+    """What travels to the client: its starting factors (unless it draws them from ``fresh_seed``), the base
+    update to fold in (merge-into-base methods), and the round's settings."""
+    tensors = {} if plan.fresh_seed is not None else flatten_factors(plan.factors, prefix="adapter.")
+    if plan.base_sync is not None:
+        tensors.update(flatten_factors(plan.base_sync, prefix="sync."))
     return payload.pack(
-        flatten_factors(plan.factors),
+        tensors,
         {
+            "fresh_seed": plan.fresh_seed,
             "round": round_idx,
             "client": plan.client_id,
             "rank": plan.rank,
@@ -88,32 +95,33 @@ def read_upload(plan: ClientPlan, blob: bytes) -> tuple[Factors, dict]:
     return factors, meta
 
 
+def merge_into_base(setup: RunSetup, update: Factors) -> None:
+    """W0 ← W0 + B A for every module (scale folded into B by the method)."""
+    for name, (B, A) in update.items():
+        setup.layers[name].merge_into_base(B, A, 1.0)
+
+
 def evaluate_global(setup: RunSetup, method, config: RunConfig) -> dict[str, float]:
-    factors, scales = method.global_adapter()
+    view = method.eval_adapter()
     for name, layer in setup.layers.items():
+        if view is None:
+            layer.clear_adapter()
+            continue
+        factors, scales = view
         B, A = factors[name]
         layer.set_adapter(B, A, scales[name], train_B=False, train_A=False)
-    return evaluate_heldout(
-        setup.model, setup.tokenizer, setup.eval_set, config.eval.batch_size, setup.pad_id
-    )
+    return evaluate_heldout(setup.model, setup.tokenizer, setup.eval_set, config.eval.batch_size, setup.pad_id)
 
 
-def method_options(config: RunConfig, setup: RunSetup) -> dict:
-    options = {
+def method_options(config: RunConfig, method) -> dict:
+    return {
         "rank": config.lora.rank,
         "alpha": config.lora.alpha,
         "target_modules": config.model.target_modules,
-        "server_optimizer": config.server.optimizer,
-        "server_lr": config.server.lr,
         "weighting": config.server.weighting,
         "clients_per_round": config.sampling.clients_per_round,
+        **method.options(),
     }
-    if config.method == "fslora":
-        options["budgets"] = setup.budgets
-        options["normalisation"] = (
-            "sum_i a_i * scatter(delta_i), a_i summing to 1 over the round's participants"
-        )
-    return options
 
 
 def _totals(records: list[dict]) -> dict:
@@ -139,7 +147,9 @@ def run(config: RunConfig, run_dir: Path, resume: bool = False, reporter: Report
     start_round, records, initial_eval = 1, [], None
     if resume:
         last, tensors, meta = rundir.load_checkpoint(run_dir)
-        method.load_state_tensors(tensors, meta["optimizer_steps"])
+        method.load_state_tensors(tensors, meta["method_steps"])
+        for update in method.base_history():
+            merge_into_base(setup, update)
         records = rundir.keep_metrics_through(run_dir, last)
         initial_eval = meta.get("initial_eval")
         start_round = last + 1
@@ -163,12 +173,11 @@ def run(config: RunConfig, run_dir: Path, resume: bool = False, reporter: Report
 
         # ---------------------------------------------------------------- plan payloads
         plans = [
-            method.plan(cid, seeding.generator(config.seed, "sketch", round_idx, cid)) for cid in participants
+            method.plan(cid, round_idx, seeding.generator(config.seed, "sketch", round_idx, cid))
+            for cid in participants
         ]
         downloads = [
-            download_blob(
-                plan, round_idx, seeding.derive_seed(config.seed, "train", round_idx, plan.client_id)
-            )
+            download_blob(plan, round_idx, seeding.derive_seed(config.seed, "train", round_idx, plan.client_id))
             for plan in plans
         ]
 
@@ -187,6 +196,9 @@ def run(config: RunConfig, run_dir: Path, resume: bool = False, reporter: Report
         # ---------------------------------------------------------------- aggregate
         weights = aggregation_weights(config.server.weighting, [int(m["num_examples"]) for m in metas])
         method_facts = method.aggregate(plans, uploads, weights)
+        base_update = method.pending_base_update()
+        if base_update is not None:
+            merge_into_base(setup, base_update)
 
         # ---------------------------------------------------------------- evaluate
         record = {
@@ -215,17 +227,17 @@ def run(config: RunConfig, run_dir: Path, resume: bool = False, reporter: Report
             run_dir,
             round_idx,
             method.state_tensors(),
-            {"optimizer_steps": method.optimizer.step_count, "initial_eval": initial_eval},
+            {"method_steps": method.step_count, "initial_eval": initial_eval},
         )
         reporter.round_done(record)
 
     # ------------------------------------------------------------------------ outputs
-    factors, scales = method.global_adapter()
+    factors, scales = method.export_adapter()
     save_peft_adapter(run_dir / "adapter", factors, scales, config.model.target_modules, setup.base_name)
     final = next((r for r in reversed(records) if "eval_loss" in r), {})
     summary = {
         "method": config.method,
-        "options": method_options(config, setup),
+        "options": method_options(config, method),
         "rounds": config.rounds,
         "seed": config.seed,
         "num_clients": config.partition.num_clients,
@@ -243,10 +255,34 @@ def run(config: RunConfig, run_dir: Path, resume: bool = False, reporter: Report
     return summary
 
 
-def load_run_adapter(run_dir: Path) -> Factors:
-    """The global factors stored in a run's checkpoint (for tests and tools)."""
-    _, tensors, _ = rundir.load_checkpoint(run_dir)
-    return unflatten_factors(tensors, prefix="global.")
+__all__ = ["run", "load_final_model", "sample_clients", "aggregation_weights", "install_adapter"]
 
 
-__all__ = ["run", "sample_clients", "aggregation_weights", "install_adapter", "load_run_adapter"]
+def load_final_model(run_dir: Path):
+    """fedlora's own final model of a run, rebuilt from its folder: (model, tokenizer, config).
+
+    The base (reloaded, or DIR/base/ for a random one) gets every merged update in order, and the method's
+    global adapter is installed on top: the model the run evaluated last.
+    """
+    from fedlora.config import load_config
+    from fedlora.lora.layer import inject_lora
+    from fedlora.lora.state import ModuleShape
+    from fedlora.setup import client_budgets, load_model
+
+    config = load_config(run_dir / rundir.CONFIG_FILE)
+    model, tokenizer, _ = load_model(config, run_dir, resume=True)
+    layers = inject_lora(model, config.model.target_modules, 0.0)
+    shapes = {name: ModuleShape(layer.out_features, layer.in_features) for name, layer in layers.items()}
+
+    method = build_method(config, SimpleNamespace(shapes=shapes, budgets=client_budgets(config)))
+    _, tensors, meta = rundir.load_checkpoint(run_dir)
+    method.load_state_tensors(tensors, meta["method_steps"])
+    for update in method.base_history():
+        for name, (B, A) in update.items():  # the same merge, in the same order, as the run did
+            layers[name].merge_into_base(B, A, 1.0)
+    adapter = method.eval_adapter()
+    if adapter is not None:
+        factors, scales = adapter
+        for name, layer in layers.items():
+            layer.set_adapter(*factors[name], scales[name], train_B=False, train_A=False)
+    return model.eval(), tokenizer, config

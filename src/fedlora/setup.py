@@ -112,9 +112,7 @@ def _template(config: RunConfig, dataset) -> ClassificationTemplate | Instructio
         elif data.label_field in dataset.column_names:
             labels = sorted({str(v) for v in dataset[data.label_field]})
         else:
-            raise DataError(
-                f"{data.source}: no column {data.label_field!r} (data.label_field) to take labels from"
-            )
+            raise DataError(f"{data.source}: no column {data.label_field!r} (data.label_field) to take labels from")
     kwargs = {"prompt": data.prompt} if data.prompt else {}
     return ClassificationTemplate(
         labels=tuple(labels), text_field=data.text_field, label_field=data.label_field, **kwargs
@@ -122,10 +120,7 @@ def _template(config: RunConfig, dataset) -> ClassificationTemplate | Instructio
 
 
 def _encode(tokenizer, template, examples, max_len: int) -> list[dict]:
-    return [
-        encode_example(tokenizer, template.prompt_for(ex), template.answer_for(ex), max_len)
-        for ex in examples
-    ]
+    return [encode_example(tokenizer, template.prompt_for(ex), template.answer_for(ex), max_len) for ex in examples]
 
 
 def load_data(config: RunConfig, tokenizer) -> tuple[list[list[dict]], list[dict], EvalSet]:
@@ -169,16 +164,14 @@ def load_data(config: RunConfig, tokenizer) -> tuple[list[list[dict]], list[dict
 
 
 def client_budgets(config: RunConfig) -> list[int]:
-    """k_i per client: FedIT trains full rank; FSLoRA takes the given list or draws one from the seed."""
+    """k_i per client: FedIT and FFA-LoRA train full rank; the others take the given list or draw one."""
     n, rank = config.partition.num_clients, config.lora.rank
-    if config.method == "fedit":
+    if config.method in ("fedit", "ffa"):
         return [rank] * n
-    fs = config.fslora
-    if fs.budgets is not None:
-        return list(fs.budgets)
-    return draw_budgets(
-        n, fs.k_min, fs.k_max or rank, fs.distribution, seeding.derive_seed(config.seed, "budgets")
-    )
+    fs = config.budgets
+    if fs.per_client is not None:
+        return list(fs.per_client)
+    return draw_budgets(n, fs.k_min, fs.k_max or rank, fs.distribution, seeding.derive_seed(config.seed, "budgets"))
 
 
 def client_profiles(config: RunConfig) -> list[ClientProfile]:
@@ -187,9 +180,7 @@ def client_profiles(config: RunConfig) -> list[ClientProfile]:
     def per_client(value: float | list[float]) -> list[float]:
         return list(value) if isinstance(value, list) else [value] * n
 
-    return profiles_from_lists(
-        per_client(net.uplink_mbps), per_client(net.downlink_mbps), per_client(net.tokens_per_s)
-    )
+    return profiles_from_lists(per_client(net.uplink_mbps), per_client(net.downlink_mbps), per_client(net.tokens_per_s))
 
 
 def quiet_libraries() -> None:

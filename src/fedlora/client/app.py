@@ -7,12 +7,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import torch
 from torch import nn
 
 from fedlora import payload
 from fedlora.client.train import LocalTraining, train_adapter
 from fedlora.lora.layer import LoRALinear
-from fedlora.lora.state import Factors, flatten_factors, unflatten_factors
+from fedlora.lora.state import Factors, ModuleShape, flatten_factors, init_factors, unflatten_factors
 
 
 def install_adapter(
@@ -42,21 +43,30 @@ def run_client(
     examples: list[dict],
     training: LocalTraining,
     pad_id: int,
+    apply_base_sync: bool = False,
 ) -> bytes:
     """Train the adapter in ``download`` on ``examples`` and return the upload blob.
 
-    The upload holds only the factors that trained (both for FSLoRA/FedIT) and metadata: num_examples,
-    train_loss, tokens, steps.
+    The download holds the starting factors under "adapter." (or a ``fresh_seed`` to draw them from) and, for
+    merge-into-base methods, the previous global update under "sync.": a client with its own base copy
+    (``apply_base_sync``) folds it in; the in-process engine shares one base the server already updated.
+    The upload holds only the factors that trained and metadata: num_examples, train_loss, tokens, steps.
     """
     tensors, meta = payload.unpack(download)
     train_B, train_A = bool(meta["train_B"]), bool(meta["train_A"])
-    install_adapter(layers, unflatten_factors(tensors), float(meta["scale"]), train_B, train_A)
+    if apply_base_sync:
+        for name, (B, A) in unflatten_factors(tensors, prefix="sync.").items():
+            layers[name].merge_into_base(B, A, 1.0)
+    if meta.get("fresh_seed") is not None:
+        shapes = {name: ModuleShape(layer.out_features, layer.in_features) for name, layer in layers.items()}
+        factors = init_factors(shapes, int(meta["rank"]), torch.Generator().manual_seed(int(meta["fresh_seed"])))
+    else:
+        factors = unflatten_factors(tensors, prefix="adapter.")
+    install_adapter(layers, factors, float(meta["scale"]), train_B, train_A)
     result = train_adapter(model, examples, training, pad_id, seed=int(meta["seed"]))
     trained = flatten_factors(read_adapter(layers))
     upload = {
-        k: v
-        for k, v in trained.items()
-        if (train_B and k.endswith("lora_B")) or (train_A and k.endswith("lora_A"))
+        k: v for k, v in trained.items() if (train_B and k.endswith("lora_B")) or (train_A and k.endswith("lora_A"))
     }
     return payload.pack(
         upload,

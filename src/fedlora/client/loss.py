@@ -29,9 +29,7 @@ def _decoder_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
     return decoder, head
 
 
-def answer_loss(
-    model: nn.Module, input_ids: Tensor, attention_mask: Tensor, labels: Tensor
-) -> tuple[Tensor, int]:
+def answer_loss(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, labels: Tensor) -> tuple[Tensor, int]:
     """(sum of token losses, number of answer tokens) for a right-padded batch.
 
     input_ids, attention_mask, labels: [batch, T]; labels are -100 on prompt and padding positions.
@@ -51,9 +49,7 @@ def answer_loss(
     return loss, count
 
 
-def reference_answer_loss(
-    model: nn.Module, input_ids: Tensor, attention_mask: Tensor, labels: Tensor
-) -> Tensor:
+def reference_answer_loss(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, labels: Tensor) -> Tensor:
     """The straightforward computation (full logits), for tests: sum of answer-token losses."""
     logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1].float()
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), reduction="sum")
@@ -65,9 +61,7 @@ def mean_answer_loss(model: nn.Module, batches: list[dict[str, Tensor]]) -> floa
     total, tokens = 0.0, 0
     device = next(model.parameters()).device
     for batch in batches:
-        loss, count = answer_loss(
-            model, *(batch[k].to(device) for k in ("input_ids", "attention_mask", "labels"))
-        )
+        loss, count = answer_loss(model, *(batch[k].to(device) for k in ("input_ids", "attention_mask", "labels")))
         total += float(loss)
         tokens += count
     return total / max(tokens, 1)

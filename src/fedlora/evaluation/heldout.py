@@ -15,8 +15,7 @@ def evaluate_heldout(model: nn.Module, tokenizer, eval_set, batch_size: int, pad
     encoded = eval_set.encoded
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]["input_ids"]))
     batches = [
-        collate([encoded[i] for i in order[s : s + batch_size]], pad_id)
-        for s in range(0, len(order), batch_size)
+        collate([encoded[i] for i in order[s : s + batch_size]], pad_id) for s in range(0, len(order), batch_size)
     ]
     result = {"eval_loss": mean_answer_loss(model, batches)}
     if eval_set.options is not None:

@@ -90,9 +90,7 @@ def option_logprobs(
         with torch.inference_mode():
             logits_at = _logits_function(model, pad_id, min(prompt_ids, key=len))
             if all(len(ids) == 1 for ids in option_ids):
-                scores = _score_single_tokens(
-                    logits_at, prompt_ids, [ids[0] for ids in option_ids], batch_size
-                )
+                scores = _score_single_tokens(logits_at, prompt_ids, [ids[0] for ids in option_ids], batch_size)
             else:
                 scores = _score_sequences(logits_at, prompt_ids, option_ids, batch_size)
     finally:
@@ -178,9 +176,7 @@ def _score_sequences(
                 targets.append(token)
         rows_t = torch.tensor(rows)
         logits = logits_at(seqs, rows_t, torch.tensor(positions))  # [N, V]
-        picked = (
-            logits.float().log_softmax(dim=-1).gather(1, torch.tensor(targets, device=logits.device)[:, None])
-        )
+        picked = logits.float().log_softmax(dim=-1).gather(1, torch.tensor(targets, device=logits.device)[:, None])
         sums = torch.zeros(len(chunk), dtype=torch.float64).index_add_(0, rows_t, picked[:, 0].double().cpu())
         flat[chunk] = sums
     return flat.view(len(prompt_ids), n_options)
@@ -278,9 +274,7 @@ def _split_matches_full(
     try:
         fast = _split_logits(split, ids, mask, rows, positions).float()
     except Exception as err:  # noqa: BLE001 - an unexpected decoder signature: use the full forward
-        warnings.warn(
-            f"option scoring: decoder/LM-head split failed ({err}); using the full forward", stacklevel=4
-        )
+        warnings.warn(f"option scoring: decoder/LM-head split failed ({err}); using the full forward", stacklevel=4)
         return False
     precise = next(model.parameters()).dtype in (torch.float32, torch.float64)
     tol = (1e-4 if precise else 2e-2) * max(1.0, full.abs().max().item())

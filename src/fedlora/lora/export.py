@@ -39,9 +39,7 @@ def adapter_config(
     default_scale = max(set(scales.values()), key=list(scales.values()).count)
     rank_pattern = {name: r for name, r in ranks.items() if r != rank}
     alpha_pattern = {
-        name: scales[name] * ranks[name]
-        for name in factors
-        if ranks[name] != rank or scales[name] != default_scale
+        name: scales[name] * ranks[name] for name in factors if ranks[name] != rank or scales[name] != default_scale
     }
     return {
         "peft_type": "LORA",

@@ -33,9 +33,7 @@ class LoRALinear(nn.Module):
     def in_features(self) -> int:
         return self.base.in_features
 
-    def set_adapter(
-        self, B: Tensor, A: Tensor, scale: float, train_B: bool = True, train_A: bool = True
-    ) -> None:
+    def set_adapter(self, B: Tensor, A: Tensor, scale: float, train_B: bool = True, train_A: bool = True) -> None:
         """Install factors B (m×k) and A (k×n) as fresh float32 parameters on the base layer's device."""
         if B.shape[0] != self.out_features or A.shape[1] != self.in_features or B.shape[1] != A.shape[0]:
             raise ValueError(

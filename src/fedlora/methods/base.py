@@ -1,8 +1,10 @@
 """What every federated method provides to the round loop.
 
 A method decides what each sampled client receives (its factors, rank, scale, which factors train) and how
-the server turns the clients' returned factors into the next global adapter. It knows nothing of transport:
-the round loop serialises plans and uploads, an engine carries them.
+the server turns the clients' returned factors into the next global model. It never touches the model: a
+method that folds its global update into the frozen base (FLoRA, FLoRIST) hands that update to the round
+loop through ``pending_base_update``, and the loop merges it. It knows nothing of transport either: the loop
+serialises plans and uploads, an engine carries them.
 """
 
 from __future__ import annotations
@@ -15,10 +17,18 @@ from torch import Tensor
 
 from fedlora.lora.state import Factors
 
+Adapter = tuple[Factors, dict[str, float]]
+"""Factors per module and the scale per module: the model is W = W0 + scale · B A."""
+
 
 @dataclass
 class ClientPlan:
-    """One client's assignment for one round. ``factors`` travel to the client; ``context`` stays on the server."""
+    """One client's assignment for one round.
+
+    ``factors`` are the client's starting factors. They travel in the download unless ``fresh_seed`` is set:
+    then the client draws them itself (B = 0, A random from that seed, as the server did) and the download
+    carries only ``base_sync``, the global update to fold into its base. ``context`` stays on the server.
+    """
 
     client_id: int
     rank: int
@@ -26,26 +36,45 @@ class ClientPlan:
     factors: Factors
     train_A: bool = True
     train_B: bool = True
+    fresh_seed: int | None = None
+    base_sync: Factors | None = None
     context: dict[str, Tensor] = field(default_factory=dict)
 
 
 class Method(Protocol):
     name: str
+    step_count: int
 
-    def plan(self, client_id: int, generator: torch.Generator) -> ClientPlan:
-        """The client's starting factors for this round (drawn with ``generator`` where random)."""
+    def plan(self, client_id: int, round_idx: int, generator: torch.Generator) -> ClientPlan:
+        """The client's assignment for this round (random draws from ``generator``)."""
         ...
 
     def aggregate(self, plans: list[ClientPlan], uploads: list[Factors], weights: list[float]) -> dict:
         """Update the global state from the participants' trained factors; returns facts to log."""
         ...
 
-    def global_adapter(self) -> tuple[Factors, dict[str, float]]:
-        """The current global model's adapter: factors and per-module scale (W = W0 + scale · B A)."""
+    def eval_adapter(self) -> Adapter | None:
+        """The adapter that, on top of the current (possibly merged) base, gives the global model."""
+        ...
+
+    def export_adapter(self) -> Adapter:
+        """The whole fine-tune as one LoRA on the ORIGINAL base (for ``adapter/``)."""
+        ...
+
+    def pending_base_update(self) -> Factors | None:
+        """A global update (scale folded into B) to merge into the base after this round's aggregation."""
+        ...
+
+    def base_history(self) -> list[Factors]:
+        """Every base update merged so far, in order (re-merged when a run resumes)."""
+        ...
+
+    def options(self) -> dict:
+        """The method's options for summary.json."""
         ...
 
     def state_tensors(self) -> dict[str, Tensor]:
-        """Everything needed to resume (global factors, server optimizer moments)."""
+        """Everything needed to resume."""
         ...
 
     def load_state_tensors(self, tensors: dict[str, Tensor], step_count: int) -> None: ...

@@ -9,6 +9,9 @@ Columns no participant touched get zero update: this is the unbiased FSLoRA esti
 
 FedIT is the same code with k_i = r for every client and no sketch: Δ = Σ a_i (B_i − B, A_i − A), so with
 Σ a_i = 1 and the "avg" server optimizer at lr 1 the new factors are Σ a_i B_i and Σ a_i A_i.
+
+FFA-LoRA (Sun et al. 2024) is FedIT with A frozen at its shared random init: clients train and upload only B,
+and the server averages B (A's update is zero), so Σ a_i B_i A is exactly the average of the clients' ΔW.
 """
 
 from __future__ import annotations
@@ -20,12 +23,15 @@ from torch import Tensor
 
 from fedlora import aggregation, sketch
 from fedlora.lora.state import Factors, ModuleShape, flatten_factors, init_factors, unflatten_factors
-from fedlora.methods.base import ClientPlan
+from fedlora.methods.base import Adapter, ClientPlan
 from fedlora.server_optimizer import ServerOptimizer
 
 
 class FactorAveraging:
-    """The global rank-r adapter and its update rule; ``budgets=None`` means FedIT (everyone at full rank)."""
+    """The global rank-r adapter and its update rule.
+
+    ``budgets=None``: every client trains the full rank (FedIT, FFA-LoRA); ``freeze_A``: A never trains (FFA-LoRA).
+    """
 
     def __init__(
         self,
@@ -36,29 +42,35 @@ class FactorAveraging:
         budgets: Sequence[int] | None,
         optimizer: ServerOptimizer,
         init_generator: torch.Generator,
+        freeze_A: bool = False,
     ) -> None:
         self.name = name
         self.rank = rank
         self.scale = alpha / rank
         self.budgets = list(budgets) if budgets is not None else None
         self.optimizer = optimizer
+        self.freeze_A = freeze_A
         self.factors: Factors = init_factors(shapes, rank, init_generator)
 
     # ------------------------------------------------------------------ plan
-    def plan(self, client_id: int, generator: torch.Generator) -> ClientPlan:
+    @property
+    def step_count(self) -> int:
+        return self.optimizer.step_count
+
+    def plan(self, client_id: int, round_idx: int, generator: torch.Generator) -> ClientPlan:
         if self.budgets is None:
             full = torch.arange(self.rank)
             factors = {name: (B.clone(), A.clone()) for name, (B, A) in self.factors.items()}
-            return ClientPlan(client_id, self.rank, self.scale, factors, context={n: full for n in factors})
+            return ClientPlan(
+                client_id, self.rank, self.scale, factors, train_A=not self.freeze_A, context={n: full for n in factors}
+            )
         k = self.budgets[client_id]
         factors, context = {}, {}
         for name, (B, A) in self.factors.items():
             indices = sketch.sample_indices(self.rank, k, generator)
             factors[name] = sketch.extract_block(B, A, indices)
             context[name] = indices
-        return ClientPlan(
-            client_id, k, self.scale * sketch.sketch_scale(self.rank, k), factors, context=context
-        )
+        return ClientPlan(client_id, k, self.scale * sketch.sketch_scale(self.rank, k), factors, context=context)
 
     # ------------------------------------------------------------- aggregate
     def aggregate(self, plans: list[ClientPlan], uploads: list[Factors], weights: list[float]) -> dict:
@@ -76,8 +88,26 @@ class FactorAveraging:
         return {}
 
     # ---------------------------------------------------------------- views
-    def global_adapter(self) -> tuple[Factors, dict[str, float]]:
+    def eval_adapter(self) -> Adapter:
         return self.factors, {name: self.scale for name in self.factors}
+
+    def export_adapter(self) -> Adapter:
+        return self.eval_adapter()
+
+    def pending_base_update(self) -> None:
+        return None
+
+    def base_history(self) -> list[Factors]:
+        return []
+
+    def options(self) -> dict:
+        options: dict = {"server_optimizer": self.optimizer.kind, "server_lr": self.optimizer.lr}
+        if self.budgets is not None:
+            options["budgets"] = self.budgets
+            options["normalisation"] = "sum_i a_i * scatter(delta_i), a_i summing to 1 over the round's participants"
+        if self.freeze_A:
+            options["frozen"] = "A (shared random init)"
+        return options
 
     def state_tensors(self) -> dict[str, Tensor]:
         state = flatten_factors(self.factors, prefix="global.")

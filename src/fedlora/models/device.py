@@ -62,11 +62,7 @@ def resolve_dtype(pref: str, device: torch.device) -> torch.dtype:
     """
     text = str(pref).strip().lower()
     if text == "auto":
-        if (
-            torch.device(device).type == "cuda"
-            and torch.cuda.is_available()
-            and torch.cuda.is_bf16_supported()
-        ):
+        if torch.device(device).type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
             return torch.bfloat16
         return torch.float32
     if text.startswith("torch."):
@@ -74,6 +70,4 @@ def resolve_dtype(pref: str, device: torch.device) -> torch.dtype:
     try:
         return _DTYPES[text]
     except KeyError:
-        raise ModelError(
-            f"dtype {pref!r} is not supported (use auto, float32, bfloat16 or float16)"
-        ) from None
+        raise ModelError(f"dtype {pref!r} is not supported (use auto, float32, bfloat16 or float16)") from None

