@@ -1,0 +1,69 @@
+"""HetLoRA (arXiv 2401.06432) as a baseline: one global pair at the largest rank, truncated per client.
+
+Client k receives B[:, :r_k] and A[:r_k] at the one scale s = alpha / r_max (so its model is the global one
+cut to rank r_k) and uploads its trained pair. The server zero-pads every pair to r_max, averages B and A
+separately with the round's weights, and keeps rank r_max (``fedlora.aggregation.hetlora``). Columns beyond a
+small client's rank receive zeros from it, so they shrink unless large-rank clients keep training them: the
+padding bias FLoRIST and FSLoRA avoid. (HetLoRA's rank self-pruning and sparsity-weighted averaging are not
+part of this baseline.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+from fedlora import aggregation
+from fedlora.lora.state import Factors, ModuleShape, flatten_factors, init_factors, unflatten_factors
+from fedlora.methods.base import Adapter, ClientPlan
+
+
+class HetLoRA:
+    def __init__(
+        self, shapes: Mapping[str, ModuleShape], alpha: float, budgets: Sequence[int], init_generator: torch.Generator
+    ) -> None:
+        self.name = "hetlora"
+        self.budgets = list(budgets)
+        self.rank = max(self.budgets)
+        self.scale = alpha / self.rank
+        self.factors: Factors = init_factors(shapes, self.rank, init_generator)
+        self.step_count = 0
+
+    def plan(self, client_id: int, round_idx: int, generator: torch.Generator) -> ClientPlan:
+        rank = self.budgets[client_id]
+        factors = {name: (B[:, :rank].clone(), A[:rank].clone()) for name, (B, A) in self.factors.items()}
+        return ClientPlan(client_id, rank, self.scale, factors)
+
+    def aggregate(self, plans: list[ClientPlan], uploads: list[Factors], weights: list[float]) -> dict:
+        self.factors = {
+            name: aggregation.hetlora(
+                [u[name][0] for u in uploads], [u[name][1] for u in uploads], weights, rank=self.rank
+            )
+            for name in self.factors
+        }
+        self.step_count += 1
+        return {}
+
+    def eval_adapter(self) -> Adapter:
+        return self.factors, {name: self.scale for name in self.factors}
+
+    def export_adapter(self) -> Adapter:
+        return self.eval_adapter()
+
+    def pending_base_update(self) -> None:
+        return None
+
+    def base_history(self) -> list[Factors]:
+        return []
+
+    def options(self) -> dict:
+        return {"budgets": self.budgets, "global_rank": self.rank}
+
+    def state_tensors(self) -> dict[str, Tensor]:
+        return flatten_factors(self.factors, prefix="global.")
+
+    def load_state_tensors(self, tensors: dict[str, Tensor], step_count: int) -> None:
+        self.factors = unflatten_factors(tensors, prefix="global.")
+        self.step_count = step_count

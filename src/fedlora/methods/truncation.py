@@ -1,0 +1,100 @@
+"""FlexLoRA, and FLoRIST's pad/truncate hand-off: one global ΔW kept as factors, each client gets its rank-r_k cut.
+
+The server holds the global update as (B m×p, A p×n) with the scale folded into B (ΔW = B A). Client k with
+rank r_k receives the first r_k columns/rows (B[:, :r_k] / s_k, A[:r_k], s_k = alpha / r_k, so its model starts
+at W0 + B[:, :r_k] A[:r_k]); when p < r_k, B is padded with zero columns and A with fresh random rows. Clients
+upload their trained factors; the server combines the ΔW_k = s_k B_k A_k into the next global:
+
+- FlexLoRA (arXiv 2402.11505): the dense Σ a_k ΔW_k and its truncated SVD at the largest client rank (the
+  first r_k singular directions are each client's best rank-r_k approximation);
+- FLoRIST, handoff = "pad": the exact SVD from the stacks, rank by energy τ (the MLSys code's variant).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+from fedlora.lora.state import Factors, ModuleShape, flatten_factors, init_factors, unflatten_factors
+from fedlora.methods.base import Adapter, ClientPlan
+
+Combine = Callable[[list[Tensor], list[Tensor], list[float]], tuple[Tensor, Tensor]]
+
+
+def cut_to_rank(B: Tensor, A: Tensor, rank: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """The first ``rank`` columns of B / rows of A; zero columns and random rows (A's init) pad a short pair."""
+    have = A.shape[0]
+    if have >= rank:
+        return B[:, :rank].clone(), A[:rank].clone()
+    bound = 1.0 / math.sqrt(A.shape[1])
+    extra = (torch.rand(rank - have, A.shape[1], generator=generator) * 2 - 1) * bound
+    return torch.cat([B, B.new_zeros(B.shape[0], rank - have)], dim=1), torch.cat([A, extra.to(A.dtype)], dim=0)
+
+
+class TruncatedGlobal:
+    def __init__(
+        self,
+        name: str,
+        shapes: Mapping[str, ModuleShape],
+        alpha: float,
+        budgets: Sequence[int],
+        combine: Combine,
+        init_generator: torch.Generator,
+        options: dict,
+    ) -> None:
+        self.name = name
+        self.alpha = alpha
+        self.budgets = list(budgets)
+        self.combine = combine
+        self._options = options
+        self.factors: Factors = init_factors(shapes, max(self.budgets), init_generator)
+        self.step_count = 0
+
+    def plan(self, client_id: int, round_idx: int, generator: torch.Generator) -> ClientPlan:
+        rank = self.budgets[client_id]
+        scale = self.alpha / rank
+        factors = {}
+        for name, (B, A) in self.factors.items():
+            b, a = cut_to_rank(B, A, rank, generator)
+            factors[name] = (b / scale, a)
+        return ClientPlan(client_id, rank, scale, factors)
+
+    def aggregate(self, plans: list[ClientPlan], uploads: list[Factors], weights: list[float]) -> dict:
+        new: Factors = {}
+        for name in self.factors:
+            Bs = [plan.scale * upload[name][0] for plan, upload in zip(plans, uploads, strict=True)]
+            As = [upload[name][1] for upload in uploads]
+            new[name] = self.combine(Bs, As, weights)
+        self.factors = new
+        self.step_count += 1
+        ranks = [int(A.shape[0]) for _, A in new.values()]
+        return {
+            "global_rank_min": min(ranks),
+            "global_rank_max": max(ranks),
+            "global_rank_mean": sum(ranks) / len(ranks),
+        }
+
+    def eval_adapter(self) -> Adapter:
+        return self.factors, {name: 1.0 for name in self.factors}
+
+    def export_adapter(self) -> Adapter:
+        return self.eval_adapter()
+
+    def pending_base_update(self) -> None:
+        return None
+
+    def base_history(self) -> list[Factors]:
+        return []
+
+    def options(self) -> dict:
+        return {"budgets": self.budgets, **self._options}
+
+    def state_tensors(self) -> dict[str, Tensor]:
+        return flatten_factors(self.factors, prefix="global.")
+
+    def load_state_tensors(self, tensors: dict[str, Tensor], step_count: int) -> None:
+        self.factors = unflatten_factors(tensors, prefix="global.")
+        self.step_count = step_count

@@ -1,0 +1,126 @@
+"""Every method end to end on the tiny model: outputs, exact bytes, PEFT export = fedlora's final model, resume."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from fedlora import federation, payload
+from fedlora.config import load_config
+from fedlora.evaluation.heldout import evaluate_heldout
+from fedlora.methods import METHODS
+from fedlora.setup import load_data
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "examples" / "tiny.toml"
+FAST = ["rounds=2", "data.max_examples=48", "train.local_steps=2"]
+IDS = torch.tensor([[1, 72, 101, 108, 108, 111, 44, 32, 119, 111, 114, 108, 100, 33, 10]])
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("methods")
+    return {m: (root / m, federation.run(load_config(TINY, [*FAST, f"method={m}"]), root / m)) for m in METHODS}
+
+
+def _records(out):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_method_runs_and_records(runs, method):
+    out, summary = runs[method]
+    records = _records(out)
+    assert [r["round"] for r in records] == [1, 2] and all(r["method"] == method for r in records)
+    assert summary["method"] == method and summary["final_eval"]["eval_loss"] > 0
+    config = load_config(out / "config.resolved.toml")
+    expected_ranks = config.lora.rank if method in ("fedit", "ffa") else None  # homogeneous methods train the full rank
+    for r in records:
+        assert r["bytes_up"] > 0
+        if expected_ranks:
+            assert set(r["ranks"]) == {expected_ranks}
+        else:
+            pairs = zip(r["ranks"], r["participants"], strict=True)
+            assert all(rank == config.budgets.per_client[c] for rank, c in pairs)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_exported_adapter_reproduces_final_model(runs, method):
+    """PeftModel(original base, adapter/) gives fedlora's final model's logits, which give the run's eval loss."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    out, summary = runs[method]
+    model, tokenizer, config = federation.load_final_model(out)
+    with torch.no_grad():
+        ours = model(input_ids=IDS).logits
+    base = AutoModelForCausalLM.from_pretrained(out / "base", dtype=torch.float32)
+    peft_model = PeftModel.from_pretrained(base, out / "adapter").eval()
+    with torch.no_grad():
+        theirs = peft_model(input_ids=IDS).logits
+    assert (ours - theirs).abs().max() <= 1e-5
+    # and the rebuilt model is the one the run evaluated last
+    _, _, eval_set = load_data(config, tokenizer)
+    result = evaluate_heldout(model, tokenizer, eval_set, config.eval.batch_size, tokenizer.pad_token_id)
+    assert result["eval_loss"] == pytest.approx(summary["final_eval"]["eval_loss"], abs=1e-6)
+
+
+def _tensor_bytes_of(shapes_ranks):
+    return sum(4 * (m * r + r * n) for m, n, r in shapes_ranks)
+
+
+# q_proj 64×64 and v_proj 32×64 in each of 2 layers of the tiny model
+MODULES = [(64, 64), (32, 64), (64, 64), (32, 64)]
+
+
+@pytest.mark.parametrize("method", ["fslora", "fedit", "ffa", "hetlora", "flexlora"])
+def test_bytes_match_the_method_formula(runs, method):
+    """Tensor data of each payload is exactly what the method sends; the rest is the safetensors header."""
+    out, _ = runs[method]
+    for r in _records(out):
+        data_up = sum(_tensor_bytes_of([(m, n, k) for m, n in MODULES]) for k in r["ranks"])
+        if method == "ffa":  # only B travels up
+            data_up = sum(sum(4 * m * k for m, _ in MODULES) for k in r["ranks"])
+        overhead = r["bytes_up"] - data_up
+        assert 0 < overhead < 1200 * len(r["ranks"])
+
+
+def test_merge_methods_download_the_previous_update(runs):
+    """FLoRA/FLoRIST: round 1 sends no tensors; round 2 sends the round-1 update (stacked ranks, or FLoRIST's p)."""
+    for method in ("flora", "florist"):
+        out, _ = runs[method]
+        first, second = _records(out)
+        assert first["bytes_down"] < 400 * len(first["ranks"])  # metadata only
+        if method == "flora":
+            stacked = sum(first["ranks"])
+            data = _tensor_bytes_of([(m, n, stacked) for m, n in MODULES]) * len(second["ranks"])
+            assert 0 < second["bytes_down"] - data < 1200 * len(second["ranks"])
+    flora_down = _records(runs["flora"][0])[1]["bytes_down"]
+    florist_down = _records(runs["florist"][0])[1]["bytes_down"]
+    assert florist_down < flora_down
+
+
+def test_florist_tau_one_matches_flora(tmp_path):
+    """τ = 1 keeps every direction: the exported update equals FLoRA's (same clients, same seeds)."""
+    a = federation.run(load_config(TINY, [*FAST, "method=flora"]), tmp_path / "a")
+    b = federation.run(load_config(TINY, [*FAST, "method=florist", "florist.tau=1.0"]), tmp_path / "b")
+    assert a["final_eval"]["eval_loss"] == pytest.approx(b["final_eval"]["eval_loss"], abs=1e-4)
+
+
+@pytest.mark.parametrize("method", ["flora", "florist", "flexlora", "hetlora", "ffa"])
+def test_resume_matches_uninterrupted(runs, tmp_path, method):
+    out = tmp_path / method
+    federation.run(load_config(TINY, [*FAST, f"method={method}", "rounds=1"]), out)
+    federation.run(load_config(out / "config.resolved.toml", ["rounds=2"]), out, resume=True)
+    full = load_file(str(runs[method][0] / "adapter" / "adapter_model.safetensors"))
+    resumed = load_file(str(out / "adapter" / "adapter_model.safetensors"))
+    assert full.keys() == resumed.keys() and all(torch.equal(full[k], resumed[k]) for k in full)
+
+
+def test_payload_round_trip():
+    tensors = {"a.lora_B": torch.randn(3, 2), "a.lora_A": torch.randn(2, 4)}
+    blob = payload.pack(tensors, {"rank": 2, "seed": None})
+    back, meta = payload.unpack(blob)
+    assert meta == {"rank": 2, "seed": None} and all(torch.equal(back[k], tensors[k]) for k in tensors)
