@@ -80,6 +80,13 @@ def test_training_is_seeded_and_moves_only_the_adapter():
     assert r1.steps == 3 and r1.num_examples == 12 and r1.tokens > 0
 
 
+def test_local_epochs_set_the_step_count():
+    cfg = LocalTraining(lr=1e-3, local_steps=7, batch_size=4, grad_accum=2, local_epochs=1.5)
+    assert cfg.steps_for(16) == 3  # 1.5 · 16 / 8
+    assert cfg.steps_for(1) == 1
+    assert LocalTraining(lr=1e-3, local_steps=7, batch_size=4).steps_for(100) == 7
+
+
 def test_lr_schedules():
     assert lr_factor(0, 10, 2, "constant") == 0.5
     assert lr_factor(5, 10, 0, "constant") == 1.0

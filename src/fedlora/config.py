@@ -146,6 +146,8 @@ class TrainConfig(_Section):
 
     lr: float = Field(1e-3, gt=0)
     local_steps: int = Field(10, ge=1)
+    local_epochs: float | None = Field(None, gt=0)
+    """When set, replaces local_steps: each client takes ceil(epochs · n_i / (batch_size · grad_accum)) steps."""
     """Optimizer steps per round (each of ``batch_size × grad_accum`` examples)."""
     batch_size: int = Field(8, ge=1)
     grad_accum: int = Field(1, ge=1)

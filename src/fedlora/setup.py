@@ -208,6 +208,7 @@ def build(config: RunConfig, run_dir: Path, resume: bool) -> RunSetup:
     training = LocalTraining(
         lr=t.lr,
         local_steps=t.local_steps,
+        local_epochs=t.local_epochs,
         batch_size=t.batch_size,
         grad_accum=t.grad_accum,
         lr_schedule=t.lr_schedule,

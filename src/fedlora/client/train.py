@@ -24,6 +24,13 @@ class LocalTraining:
     warmup_steps: int = 0
     weight_decay: float = 0.0
     max_grad_norm: float | None = 1.0
+    local_epochs: float | None = None
+
+    def steps_for(self, num_examples: int) -> int:
+        """Optimizer steps for a client with ``num_examples``: local_steps, or local_epochs worth of batches."""
+        if self.local_epochs is None:
+            return self.local_steps
+        return max(1, math.ceil(self.local_epochs * num_examples / (self.batch_size * self.grad_accum)))
 
 
 @dataclass(frozen=True)
@@ -73,11 +80,12 @@ def train_adapter(model: nn.Module, examples: list[dict], cfg: LocalTraining, pa
     torch.manual_seed(seed)  # dropout
     device = params[0].device
     model.train()
-    batches = _micro_batches(examples, cfg.local_steps * cfg.grad_accum, cfg.batch_size, generator)
+    steps = cfg.steps_for(len(examples))
+    batches = _micro_batches(examples, steps * cfg.grad_accum, cfg.batch_size, generator)
     losses, tokens = [], 0
-    for step in range(cfg.local_steps):
+    for step in range(steps):
         for group in optimizer.param_groups:
-            group["lr"] = cfg.lr * lr_factor(step, cfg.local_steps, cfg.warmup_steps, cfg.lr_schedule)
+            group["lr"] = cfg.lr * lr_factor(step, steps, cfg.warmup_steps, cfg.lr_schedule)
         micro = [collate([examples[i] for i in next(batches)], pad_id) for _ in range(cfg.grad_accum)]
         answer_tokens = sum(int((m["labels"][:, 1:] != -100).sum()) for m in micro)
         for m in micro:
@@ -91,4 +99,4 @@ def train_adapter(model: nn.Module, examples: list[dict], cfg: LocalTraining, pa
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     model.eval()
-    return LocalResult(sum(losses) / len(losses), cfg.local_steps, tokens, len(examples))
+    return LocalResult(sum(losses) / len(losses), steps, tokens, len(examples))
