@@ -23,11 +23,12 @@ from torch import Tensor
 
 from fedlora import aggregation, sketch
 from fedlora.lora.state import Factors, ModuleShape, flatten_factors, init_factors, unflatten_factors
-from fedlora.methods.base import Adapter, ClientPlan
+from fedlora.methods.base import ClientPlan
+from fedlora.methods.common import GlobalAdapterState
 from fedlora.server_optimizer import ServerOptimizer
 
 
-class FactorAveraging:
+class FactorAveraging(GlobalAdapterState):
     """The global rank-r adapter and its update rule.
 
     ``budgets=None``: every client trains the full rank (FedIT, FFA-LoRA); ``freeze_A``: A never trains (FFA-LoRA).
@@ -46,7 +47,7 @@ class FactorAveraging:
     ) -> None:
         self.name = name
         self.rank = rank
-        self.scale = alpha / rank
+        self.global_scale = alpha / rank
         self.budgets = list(budgets) if budgets is not None else None
         self.optimizer = optimizer
         self.freeze_A = freeze_A
@@ -62,7 +63,12 @@ class FactorAveraging:
             full = torch.arange(self.rank)
             factors = {name: (B.clone(), A.clone()) for name, (B, A) in self.factors.items()}
             return ClientPlan(
-                client_id, self.rank, self.scale, factors, train_A=not self.freeze_A, context={n: full for n in factors}
+                client_id,
+                self.rank,
+                self.global_scale,
+                factors,
+                train_A=not self.freeze_A,
+                context={n: full for n in factors},
             )
         k = self.budgets[client_id]
         factors, context = {}, {}
@@ -70,7 +76,7 @@ class FactorAveraging:
             indices = sketch.sample_indices(self.rank, k, generator)
             factors[name] = sketch.extract_block(B, A, indices)
             context[name] = indices
-        return ClientPlan(client_id, k, self.scale * sketch.sketch_scale(self.rank, k), factors, context=context)
+        return ClientPlan(client_id, k, self.global_scale * sketch.sketch_scale(self.rank, k), factors, context=context)
 
     # ------------------------------------------------------------- aggregate
     def aggregate(self, plans: list[ClientPlan], uploads: list[Factors], weights: list[float]) -> dict:
@@ -88,18 +94,6 @@ class FactorAveraging:
         return {}
 
     # ---------------------------------------------------------------- views
-    def eval_adapter(self) -> Adapter:
-        return self.factors, {name: self.scale for name in self.factors}
-
-    def export_adapter(self) -> Adapter:
-        return self.eval_adapter()
-
-    def pending_base_update(self) -> None:
-        return None
-
-    def base_history(self) -> list[Factors]:
-        return []
-
     def options(self) -> dict:
         options: dict = {"server_optimizer": self.optimizer.kind, "server_lr": self.optimizer.lr}
         if self.budgets is not None:

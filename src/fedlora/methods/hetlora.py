@@ -13,28 +13,28 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import torch
-from torch import Tensor
 
 from fedlora import aggregation
-from fedlora.lora.state import Factors, ModuleShape, flatten_factors, init_factors, unflatten_factors
-from fedlora.methods.base import Adapter, ClientPlan
+from fedlora.lora.state import Factors, ModuleShape, init_factors
+from fedlora.methods.base import ClientPlan
+from fedlora.methods.common import GlobalAdapterState
 
 
-class HetLoRA:
+class HetLoRA(GlobalAdapterState):
     def __init__(
         self, shapes: Mapping[str, ModuleShape], alpha: float, budgets: Sequence[int], init_generator: torch.Generator
     ) -> None:
         self.name = "hetlora"
         self.budgets = list(budgets)
         self.rank = max(self.budgets)
-        self.scale = alpha / self.rank
+        self.global_scale = alpha / self.rank
         self.factors: Factors = init_factors(shapes, self.rank, init_generator)
         self.step_count = 0
 
     def plan(self, client_id: int, round_idx: int, generator: torch.Generator) -> ClientPlan:
         rank = self.budgets[client_id]
         factors = {name: (B[:, :rank].clone(), A[:rank].clone()) for name, (B, A) in self.factors.items()}
-        return ClientPlan(client_id, rank, self.scale, factors)
+        return ClientPlan(client_id, rank, self.global_scale, factors)
 
     def aggregate(self, plans: list[ClientPlan], uploads: list[Factors], weights: list[float]) -> dict:
         self.factors = {
@@ -46,24 +46,5 @@ class HetLoRA:
         self.step_count += 1
         return {}
 
-    def eval_adapter(self) -> Adapter:
-        return self.factors, {name: self.scale for name in self.factors}
-
-    def export_adapter(self) -> Adapter:
-        return self.eval_adapter()
-
-    def pending_base_update(self) -> None:
-        return None
-
-    def base_history(self) -> list[Factors]:
-        return []
-
     def options(self) -> dict:
         return {"budgets": self.budgets, "global_rank": self.rank}
-
-    def state_tensors(self) -> dict[str, Tensor]:
-        return flatten_factors(self.factors, prefix="global.")
-
-    def load_state_tensors(self, tensors: dict[str, Tensor], step_count: int) -> None:
-        self.factors = unflatten_factors(tensors, prefix="global.")
-        self.step_count = step_count

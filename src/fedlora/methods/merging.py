@@ -19,15 +19,14 @@ does not model that catch-up traffic.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor
 
 from fedlora.lora.state import Factors, ModuleShape, flatten_factors, init_factors, unflatten_factors
 from fedlora.methods.base import Adapter, ClientPlan
-
-Combine = Callable[[list[Tensor], list[Tensor], list[float]], tuple[Tensor, Tensor]]
+from fedlora.methods.common import Combine, combine_updates, rank_facts
 
 
 class MergeIntoBase:
@@ -58,20 +57,11 @@ class MergeIntoBase:
         return ClientPlan(client_id, rank, self.alpha / rank, factors, fresh_seed=seed, base_sync=sync)
 
     def aggregate(self, plans: list[ClientPlan], uploads: list[Factors], weights: list[float]) -> dict:
-        update: Factors = {}
-        for name in self.shapes:
-            Bs = [plan.scale * upload[name][0] for plan, upload in zip(plans, uploads, strict=True)]
-            As = [upload[name][1] for upload in uploads]
-            update[name] = self.combine(Bs, As, weights)
+        update = combine_updates(self.shapes, plans, uploads, weights, self.combine)
         self.history.append(update)
         self._pending = update
         self.step_count += 1
-        ranks = [int(A.shape[0]) for _, A in update.values()]
-        return {
-            "global_rank_min": min(ranks),
-            "global_rank_max": max(ranks),
-            "global_rank_mean": sum(ranks) / len(ranks),
-        }
+        return rank_facts(update)
 
     def eval_adapter(self) -> None:
         return None  # the base already holds every update

@@ -13,15 +13,14 @@ upload their trained factors; the server combines the ΔW_k = s_k B_k A_k into t
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor
 
-from fedlora.lora.state import Factors, ModuleShape, flatten_factors, init_factors, unflatten_factors
-from fedlora.methods.base import Adapter, ClientPlan
-
-Combine = Callable[[list[Tensor], list[Tensor], list[float]], tuple[Tensor, Tensor]]
+from fedlora.lora.state import Factors, ModuleShape, init_factors
+from fedlora.methods.base import ClientPlan
+from fedlora.methods.common import Combine, GlobalAdapterState, combine_updates, rank_facts
 
 
 def cut_to_rank(B: Tensor, A: Tensor, rank: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -34,7 +33,7 @@ def cut_to_rank(B: Tensor, A: Tensor, rank: int, generator: torch.Generator) -> 
     return torch.cat([B, B.new_zeros(B.shape[0], rank - have)], dim=1), torch.cat([A, extra.to(A.dtype)], dim=0)
 
 
-class TruncatedGlobal:
+class TruncatedGlobal(GlobalAdapterState):
     def __init__(
         self,
         name: str,
@@ -51,6 +50,7 @@ class TruncatedGlobal:
         self.combine = combine
         self._options = options
         self.factors: Factors = init_factors(shapes, max(self.budgets), init_generator)
+        self.global_scale = 1.0  # folded into B
         self.step_count = 0
 
     def plan(self, client_id: int, round_idx: int, generator: torch.Generator) -> ClientPlan:
@@ -63,38 +63,9 @@ class TruncatedGlobal:
         return ClientPlan(client_id, rank, scale, factors)
 
     def aggregate(self, plans: list[ClientPlan], uploads: list[Factors], weights: list[float]) -> dict:
-        new: Factors = {}
-        for name in self.factors:
-            Bs = [plan.scale * upload[name][0] for plan, upload in zip(plans, uploads, strict=True)]
-            As = [upload[name][1] for upload in uploads]
-            new[name] = self.combine(Bs, As, weights)
-        self.factors = new
+        self.factors = combine_updates(self.factors, plans, uploads, weights, self.combine)
         self.step_count += 1
-        ranks = [int(A.shape[0]) for _, A in new.values()]
-        return {
-            "global_rank_min": min(ranks),
-            "global_rank_max": max(ranks),
-            "global_rank_mean": sum(ranks) / len(ranks),
-        }
-
-    def eval_adapter(self) -> Adapter:
-        return self.factors, {name: 1.0 for name in self.factors}
-
-    def export_adapter(self) -> Adapter:
-        return self.eval_adapter()
-
-    def pending_base_update(self) -> None:
-        return None
-
-    def base_history(self) -> list[Factors]:
-        return []
+        return rank_facts(self.factors)
 
     def options(self) -> dict:
         return {"budgets": self.budgets, **self._options}
-
-    def state_tensors(self) -> dict[str, Tensor]:
-        return flatten_factors(self.factors, prefix="global.")
-
-    def load_state_tensors(self, tensors: dict[str, Tensor], step_count: int) -> None:
-        self.factors = unflatten_factors(tensors, prefix="global.")
-        self.step_count = step_count
