@@ -47,7 +47,8 @@ def ensure_env() -> None:
         return
     for step in INSTALL_STEPS:
         print(f"[dev] pip {' '.join(step)}", flush=True)
-        subprocess.run([str(PYTHON), "-m", "pip", "--disable-pip-version-check", *step], check=True, cwd=ROOT)
+        pip = [str(PYTHON), "-m", "pip", "--disable-pip-version-check", "--quiet"]
+        subprocess.run([*pip, *step], check=True, cwd=ROOT)
     STAMP.write_text(_stamp())
 
 
