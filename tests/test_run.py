@@ -202,3 +202,12 @@ def test_cli_refuses_to_overwrite_a_run(fslora_run):
     result = _cli("run", str(TINY), "--out", str(out))
     assert result.returncode == 2 and "--resume" in result.stderr
     assert (out / "metrics.jsonl").read_text() == before
+
+
+def test_cli_data_file_missing_a_column_is_one_line(tmp_path):
+    data = tmp_path / "tweets.csv"
+    data.write_text("body,label\nhello,positive\nbad day,negative\n" * 10, encoding="utf-8")
+    result = _cli("run", str(TINY), f"data.source={data}", "--out", str(tmp_path / "x"))
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and "tweets.csv" in lines[0] and "text" in lines[0], result.stderr
