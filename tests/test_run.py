@@ -151,6 +151,7 @@ def test_resume_after_checkpoint_ends_with_the_same_adapter(tmp_path, fslora_run
     assert all(torch.equal(full[k], resumed[k]) for k in full)
     lines = (out / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["round"] for x in lines] == [1, 2]
+    assert load_config(out / "config.resolved.toml").rounds == 2
 
 
 def _cli(*args):
@@ -211,3 +212,31 @@ def test_cli_data_file_missing_a_column_is_one_line(tmp_path):
     assert result.returncode == 2
     lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
     assert len(lines) == 1 and "tweets.csv" in lines[0] and "text" in lines[0], result.stderr
+
+
+@pytest.mark.model
+def test_real_smollm2_federated_round(tmp_path):
+    """One FSLoRA round on the packaged SmolLM2-135M: outputs, exact bytes, and a PEFT-loadable adapter."""
+    overrides = [
+        "rounds=1",
+        "data.max_examples=200",
+        "data.eval_size=12",
+        "partition.num_clients=4",
+        "partition.min_partition_size=4",
+        "budgets.per_client=[4,8,12,16]",
+        "sampling.clients_per_round=2",
+        "train.local_steps=1",
+        "network.uplink_mbps=5",
+        "network.tokens_per_s=200",
+        "train.batch_size=2",
+        "threads=2",
+    ]
+    out = tmp_path / "smol"
+    summary = federation.run(load_config(ROOT / "examples" / "demo.toml", overrides), out)
+    record = json.loads((out / "metrics.jsonl").read_text())
+    d = 30 * (2 * (576 + 576) + 2 * (192 + 576))  # Σ (m + n) over q, k, v, o of 30 layers
+    data = sum(4 * k * d for k in record["ranks"])
+    assert 0 < record["bytes_up"] - data < 200 * 240 * len(record["ranks"])
+    assert 0 <= summary["final_eval"]["eval_accuracy"] <= 1
+    config = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    assert config["r"] == 16 and config["base_model_name_or_path"] == "smollm2-135m"

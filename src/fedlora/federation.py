@@ -151,6 +151,7 @@ def run(config: RunConfig, run_dir: Path, resume: bool = False, reporter: Report
         for update in method.base_history():
             merge_into_base(setup, update)
         records = rundir.keep_metrics_through(run_dir, last)
+        rundir.atomic_write_text(run_dir / rundir.CONFIG_FILE, dump_config(config))  # e.g. more rounds
         initial_eval = meta.get("initial_eval")
         start_round = last + 1
     else:
