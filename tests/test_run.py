@@ -240,3 +240,13 @@ def test_real_smollm2_federated_round(tmp_path):
     assert 0 <= summary["final_eval"]["eval_accuracy"] <= 1
     config = json.loads((out / "adapter" / "adapter_config.json").read_text())
     assert config["r"] == 16 and config["base_model_name_or_path"] == "smollm2-135m"
+
+
+def test_torn_last_metrics_line_is_dropped_on_resume(tmp_path):
+    out = tmp_path / "torn"
+    federation.run(load_config(TINY, [*FAST, "rounds=1"]), out)
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write('{"round": 2, "meth')  # a crash mid-append of round 2
+    federation.run(load_config(out / "config.resolved.toml", ["rounds=2"]), out, resume=True)
+    rounds = [json.loads(x)["round"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rounds == [1, 2]

@@ -156,7 +156,8 @@ def run(config: RunConfig, run_dir: Path, resume: bool = False, reporter: Report
         start_round = last + 1
     else:
         rundir.atomic_write_text(run_dir / rundir.CONFIG_FILE, dump_config(config))
-        (run_dir / rundir.METRICS_FILE).touch()
+        # no checkpoint yet: lines of an attempt that crashed before its first checkpoint cannot be resumed
+        rundir.atomic_write_text(run_dir / rundir.METRICS_FILE, "")
         if config.eval.before:
             initial_eval = evaluate_global(setup, method, config)
             reporter.evaluated("before training", initial_eval)

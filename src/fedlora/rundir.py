@@ -58,18 +58,17 @@ def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """The records of metrics.jsonl; a last line torn by a crash mid-append is dropped."""
     path = run_dir / METRICS_FILE
     if not path.exists():
         return []
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     records = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
+    for number, line in enumerate(lines, start=1):
         try:
             records.append(json.loads(line))
         except json.JSONDecodeError:
-            # a line torn by a crash mid-append is the last one; anything earlier is corruption
-            if number != len(path.read_text(encoding="utf-8").splitlines()):
+            if number != len(lines):  # only the last line can be torn; anything earlier is corruption
                 raise CheckpointError(f"{path}: line {number} is not JSON") from None
     return records
 
