@@ -21,6 +21,7 @@ from fedlora.engines.inprocess import InProcessEngine
 from fedlora.errors import CheckpointError
 from fedlora.evaluation.heldout import evaluate_heldout
 from fedlora.lora.export import save_peft_adapter
+from fedlora.lora.layer import merge_update
 from fedlora.lora.state import Factors, flatten_factors
 from fedlora.methods import build_method
 from fedlora.methods.base import ClientPlan
@@ -95,21 +96,13 @@ def read_upload(plan: ClientPlan, blob: bytes) -> tuple[Factors, dict]:
     return factors, meta
 
 
-def merge_into_base(setup: RunSetup, update: Factors) -> None:
-    """W0 ← W0 + B A for every module (scale folded into B by the method)."""
-    for name, (B, A) in update.items():
-        setup.layers[name].merge_into_base(B, A, 1.0)
-
-
 def evaluate_global(setup: RunSetup, method, config: RunConfig) -> dict[str, float]:
     view = method.eval_adapter()
-    for name, layer in setup.layers.items():
-        if view is None:
+    if view is None:  # the base holds the whole global model
+        for layer in setup.layers.values():
             layer.clear_adapter()
-            continue
-        factors, scales = view
-        B, A = factors[name]
-        layer.set_adapter(B, A, scales[name], train_B=False, train_A=False)
+    else:
+        install_adapter(setup.layers, *view, train_B=False, train_A=False)
     return evaluate_heldout(setup.model, setup.tokenizer, setup.eval_set, config.eval.batch_size, setup.pad_id)
 
 
@@ -149,7 +142,7 @@ def run(config: RunConfig, run_dir: Path, resume: bool = False, reporter: Report
         last, tensors, meta = rundir.load_checkpoint(run_dir)
         method.load_state_tensors(tensors, meta["method_steps"])
         for update in method.base_history():
-            merge_into_base(setup, update)
+            merge_update(setup.layers, update)
         records = rundir.keep_metrics_through(run_dir, last)
         rundir.atomic_write_text(run_dir / rundir.CONFIG_FILE, dump_config(config))  # e.g. more rounds
         initial_eval = meta.get("initial_eval")
@@ -200,7 +193,7 @@ def run(config: RunConfig, run_dir: Path, resume: bool = False, reporter: Report
         method_facts = method.aggregate(plans, uploads, weights)
         base_update = method.pending_base_update()
         if base_update is not None:
-            merge_into_base(setup, base_update)
+            merge_update(setup.layers, base_update)
 
         # ---------------------------------------------------------------- evaluate
         record = {
@@ -257,7 +250,7 @@ def run(config: RunConfig, run_dir: Path, resume: bool = False, reporter: Report
     return summary
 
 
-__all__ = ["run", "load_final_model", "sample_clients", "aggregation_weights", "install_adapter"]
+__all__ = ["run", "load_final_model", "sample_clients", "aggregation_weights"]
 
 
 def load_final_model(run_dir: Path):
@@ -279,12 +272,9 @@ def load_final_model(run_dir: Path):
     method = build_method(config, SimpleNamespace(shapes=shapes, budgets=client_budgets(config)))
     _, tensors, meta = rundir.load_checkpoint(run_dir)
     method.load_state_tensors(tensors, meta["method_steps"])
-    for update in method.base_history():
-        for name, (B, A) in update.items():  # the same merge, in the same order, as the run did
-            layers[name].merge_into_base(B, A, 1.0)
+    for update in method.base_history():  # the same merges, in the same order, as the run
+        merge_update(layers, update)
     adapter = method.eval_adapter()
     if adapter is not None:
-        factors, scales = adapter
-        for name, layer in layers.items():
-            layer.set_adapter(*factors[name], scales[name], train_B=False, train_A=False)
+        install_adapter(layers, *adapter, train_B=False, train_A=False)
     return model.eval(), tokenizer, config

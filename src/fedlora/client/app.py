@@ -12,24 +12,25 @@ from torch import nn
 
 from fedlora import payload
 from fedlora.client.train import LocalTraining, train_adapter
-from fedlora.lora.layer import LoRALinear
+from fedlora.lora.layer import LoRALinear, merge_update
 from fedlora.lora.state import Factors, ModuleShape, flatten_factors, init_factors, unflatten_factors
 
 
 def install_adapter(
     layers: Mapping[str, LoRALinear],
     factors: Factors,
-    scale: float,
+    scale: float | Mapping[str, float],
     train_B: bool = True,
     train_A: bool = True,
 ) -> None:
-    """Put ``factors`` (module path → (B, A)) into the wrapped layers; every target module must be present."""
+    """Put ``factors`` (module path → (B, A)) into the wrapped layers at ``scale`` (one, or per module)."""
     missing = set(layers) - set(factors)
     if missing:
         raise ValueError(f"adapter lacks modules: {sorted(missing)[:3]}")
     for name, layer in layers.items():
         B, A = factors[name]
-        layer.set_adapter(B, A, scale, train_B=train_B, train_A=train_A)
+        layer_scale = scale[name] if isinstance(scale, Mapping) else scale
+        layer.set_adapter(B, A, layer_scale, train_B=train_B, train_A=train_A)
 
 
 def read_adapter(layers: Mapping[str, LoRALinear]) -> Factors:
@@ -55,8 +56,7 @@ def run_client(
     tensors, meta = payload.unpack(download)
     train_B, train_A = bool(meta["train_B"]), bool(meta["train_A"])
     if apply_base_sync:
-        for name, (B, A) in unflatten_factors(tensors, prefix="sync.").items():
-            layers[name].merge_into_base(B, A, 1.0)
+        merge_update(layers, unflatten_factors(tensors, prefix="sync."))
     if meta.get("fresh_seed") is not None:
         shapes = {name: ModuleShape(layer.out_features, layer.in_features) for name, layer in layers.items()}
         factors = init_factors(shapes, int(meta["rank"]), torch.Generator().manual_seed(int(meta["fresh_seed"])))

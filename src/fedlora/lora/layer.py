@@ -94,3 +94,9 @@ def inject_lora(model: nn.Module, target_modules: list[str], dropout: float = 0.
     if missing:
         raise ValueError(f"model.target_modules: no nn.Linear named {sorted(missing)} in the model")
     return found
+
+
+def merge_update(layers: dict[str, LoRALinear], update: dict[str, tuple[Tensor, Tensor]]) -> None:
+    """W0 ← W0 + B A in every module of ``update`` (the scale is folded into B)."""
+    for name, (B, A) in update.items():
+        layers[name].merge_into_base(B, A, 1.0)
