@@ -12,6 +12,13 @@ FedIT is the same code with k_i = r for every client and no sketch: Δ = Σ a_i 
 
 FFA-LoRA (Sun et al. 2024) is FedIT with A frozen at its shared random init: clients train and upload only B,
 and the server averages B (A's update is zero), so Σ a_i B_i A is exactly the average of the clients' ΔW.
+
+Weighting rule: all three combine DELTAS, Δ = Σ_i w_i scatter(Δ_i), with the round's weights used as given. Under
+uniform sampling Σ w_i = 1 over the participants; under independent sampling w_i = a_i / q_i (a_i population
+weights summing to 1 over all clients, q_i the participation probability), which need not sum to 1 in a round,
+and Δ is then unbiased for Σ_i a_i scatter(Δ_i) with no correction (an affine term would be zero: a delta's
+"old" value is 0). The new factors are linear in Δ only for the "avg" server optimizer; Adam is not. An empty
+round is skipped: no factor changes and no optimizer step (a zero pseudo-gradient would still move Adam).
 """
 
 from __future__ import annotations
@@ -80,6 +87,12 @@ class FactorAveraging(GlobalAdapterState):
 
     # ------------------------------------------------------------- aggregate
     def aggregate(self, plans: list[ClientPlan], uploads: list[Factors], weights: list[float]) -> dict:
+        """Apply Δ = Σ w_i scatter(Δ_i) with the server optimizer; returns no facts (``{}``).
+
+        An empty round (no plans) changes nothing: no optimizer step, so ``step_count`` does not advance.
+        """
+        if not plans:
+            return {}
         delta: Factors = {}
         for name in self.factors:
             scattered_B, scattered_A = [], []
@@ -98,7 +111,7 @@ class FactorAveraging(GlobalAdapterState):
         options: dict = {"server_optimizer": self.optimizer.kind, "server_lr": self.optimizer.lr}
         if self.budgets is not None:
             options["budgets"] = self.budgets
-            options["normalisation"] = "sum_i a_i * scatter(delta_i), a_i summing to 1 over the round's participants"
+            options["normalisation"] = "sum_i w_i * scatter(delta_i), the round's weights as given (not renormalised)"
         if self.freeze_A:
             options["frozen"] = "A (shared random init)"
         return options

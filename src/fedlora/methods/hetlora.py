@@ -6,6 +6,14 @@ separately with the round's weights, and keeps rank r_max (``fedlora.aggregation
 small client's rank receive zeros from it, so they shrink unless large-rank clients keep training them: the
 padding bias FLoRIST and FSLoRA avoid. (HetLoRA's rank self-pruning and sparsity-weighted averaging are not
 part of this baseline.)
+
+Weighting rule: the server combines client STATES (the trained pairs), so it uses the affine form
+new = Σ_k w_k pad(B_k, A_k) + (1 − Σ_k w_k)·(B, A) with (B, A) the current global at r_max: the old pair joins
+the average as one more client (with (−B, −A) at weight Σ w_k − 1 when that residual is negative, since the
+aggregation function takes weights >= 0). With Σ w_k = 1 (uniform sampling) the extra term is skipped and the
+result is what it always was; with independent sampling (w_k = a_k / q_k) each new factor is unbiased for
+Σ_k a_k pad(factor_k) (the product B A is bilinear in the weights, so it is not). An empty round leaves the
+global unchanged.
 """
 
 from __future__ import annotations
@@ -17,7 +25,7 @@ import torch
 from fedlora import aggregation
 from fedlora.lora.state import Factors, ModuleShape, init_factors
 from fedlora.methods.base import ClientPlan
-from fedlora.methods.common import GlobalAdapterState
+from fedlora.methods.common import GlobalAdapterState, residual_weight
 
 
 class HetLoRA(GlobalAdapterState):
@@ -37,12 +45,21 @@ class HetLoRA(GlobalAdapterState):
         return ClientPlan(client_id, rank, self.global_scale, factors)
 
     def aggregate(self, plans: list[ClientPlan], uploads: list[Factors], weights: list[float]) -> dict:
-        self.factors = {
-            name: aggregation.hetlora(
-                [u[name][0] for u in uploads], [u[name][1] for u in uploads], weights, rank=self.rank
-            )
-            for name in self.factors
-        }
+        """New global pair = Σ w_k pad(B_k, A_k) + (1 − Σ w_k)·(B, A) at rank r_max; returns no facts (``{}``).
+
+        An empty round (no plans) changes nothing and does not advance ``step_count``.
+        """
+        if not plans:
+            return {}
+        residual = residual_weight(weights)
+        factors: Factors = {}
+        for name, (B_old, A_old) in self.factors.items():
+            Bs, As, ws = [u[name][0] for u in uploads], [u[name][1] for u in uploads], list(weights)
+            if residual != 0.0:  # the old pair as one more client; B and A are averaged separately: negate both
+                sign = 1.0 if residual > 0 else -1.0
+                Bs, As, ws = [*Bs, sign * B_old], [*As, sign * A_old], [*ws, abs(residual)]
+            factors[name] = aggregation.hetlora(Bs, As, ws, rank=self.rank)
+        self.factors = factors
         self.step_count += 1
         return {}
 

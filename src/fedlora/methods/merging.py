@@ -15,6 +15,12 @@ LoRA by stacking them (exact).
 Download accounting: a participant is charged for the previous round's update (what the papers count). A real
 client that skipped rounds would also need the updates it missed; fedlora's in-process base is shared, so it
 does not model that catch-up traffic.
+
+Weighting rule: the fresh adapters' products ΔW_k = s_k B_k A_k are this round's DELTAS, so the update is
+Σ_k w_k ΔW_k with the round's weights as given (Σ w_k = 1 under uniform sampling; w_k = a_k / q_k under
+independent sampling, unbiased for Σ_k a_k ΔW_k without correction; FLoRIST's τ < 1 truncation is the only
+non-linear step). An empty round merges nothing: no base update, no history entry, ``step_count`` unchanged
+(it always equals the number of merged updates, which resume relies on).
 """
 
 from __future__ import annotations
@@ -57,6 +63,14 @@ class MergeIntoBase:
         return ClientPlan(client_id, rank, self.alpha / rank, factors, fresh_seed=seed, base_sync=sync)
 
     def aggregate(self, plans: list[ClientPlan], uploads: list[Factors], weights: list[float]) -> dict:
+        """Combine Σ w_k ΔW_k into this round's base update; returns its rank facts.
+
+        An empty round (no plans) records no update (``pending_base_update()`` is None, the history and
+        ``step_count`` are unchanged, so ``step_count == len(history)`` still holds) and returns ``{}`` (no facts).
+        """
+        if not plans:
+            self._pending = None
+            return {}
         update = combine_updates(self.shapes, plans, uploads, weights, self.combine)
         self.history.append(update)
         self._pending = update

@@ -8,6 +8,14 @@ upload their trained factors; the server combines the ΔW_k = s_k B_k A_k into t
 - FlexLoRA (arXiv 2402.11505): the dense Σ a_k ΔW_k and its truncated SVD at the largest client rank (the
   first r_k singular directions are each client's best rank-r_k approximation);
 - FLoRIST, handoff = "pad": the exact SVD from the stacks, rank by energy τ (the MLSys code's variant).
+
+Weighting rule: these methods combine client STATES (each ΔW_k is a client's whole model update, not its change
+this round), so the server uses the affine form ΔW_new = Σ_k w_k ΔW_k + (1 − Σ_k w_k)·B A, the old global
+(B, A) joining the combine as one more term (``combine_updates(..., old=...)``). With Σ w_k = 1 (uniform
+sampling) that term is skipped and the result is Σ w_k ΔW_k as before; with independent sampling (w_k = a_k /
+q_k) the combined product is unbiased for Σ_k a_k ΔW_k before truncation (the SVD truncation is not linear), and
+1 − Σ w_k may be negative (its sign goes into B, since the aggregation functions take weights >= 0). An empty
+round leaves the global unchanged.
 """
 
 from __future__ import annotations
@@ -63,7 +71,13 @@ class TruncatedGlobal(GlobalAdapterState):
         return ClientPlan(client_id, rank, scale, factors)
 
     def aggregate(self, plans: list[ClientPlan], uploads: list[Factors], weights: list[float]) -> dict:
-        self.factors = combine_updates(self.factors, plans, uploads, weights, self.combine)
+        """New global = combine(Σ w_k ΔW_k + (1 − Σ w_k)·B A); returns the global's rank facts.
+
+        An empty round (no plans) changes nothing, does not advance ``step_count`` and returns ``{}`` (no facts).
+        """
+        if not plans:
+            return {}
+        self.factors = combine_updates(self.factors, plans, uploads, weights, self.combine, old=self.factors)
         self.step_count += 1
         return rank_facts(self.factors)
 
