@@ -33,7 +33,7 @@ def test_overrides_parse_toml_values():
         ({"budgets": {"per_client": [1, 2]}}, "budgets.per_client"),
         ({"lora": {"rank": 4}, "budgets": {"per_client": [8] * 10}}, "budgets.per_client"),
         ({"data": {"eval_size": 1.5}}, "eval_size"),
-        ({"network": {"uplink_mbps": [1.0, 2.0]}}, "network.uplink_mbps"),
+        ({"fleet": {"uplink_mbps": [1.0, 2.0]}}, "fleet.uplink_mbps"),
     ],
 )
 def test_bad_values_name_the_field_on_one_line(data, field):

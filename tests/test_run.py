@@ -226,8 +226,8 @@ def test_real_smollm2_federated_round(tmp_path):
         "budgets.per_client=[4,8,12,16]",
         "sampling.clients_per_round=2",
         "train.local_steps=1",
-        "network.uplink_mbps=5",
-        "network.tokens_per_s=200",
+        "fleet.uplink_mbps=5",
+        "fleet.tokens_per_s=200",
         "train.batch_size=2",
         "threads=2",
     ]

@@ -137,8 +137,17 @@ class ServerConfig(_Section):
 
 
 class SamplingConfig(_Section):
+    """Which clients join a round."""
+
+    scheme: Literal["uniform", "independent"] = "uniform"
+    """"uniform": ``clients_per_round`` distinct clients, uniformly at random; weights a_i renormalised over them.
+    "independent": client i joins with probability ``probs[i]``, independently; its update is weighted a_i / q_i
+    with a_i its population weight (summing to 1 over all clients), so the aggregate is unbiased. A round may be
+    empty (the global model then stays as it is)."""
     clients_per_round: int = Field(4, ge=1)
-    """Uniform sampling of this many distinct clients per round."""
+    """Uniform sampling: this many distinct clients per round."""
+    probs: float | list[float] | None = None
+    """Independent sampling: q_i in (0, 1], one value for every client or a list with one per client."""
 
 
 class TrainConfig(_Section):
@@ -165,13 +174,96 @@ class EvalConfig(_Section):
     batch_size: int = Field(16, ge=1)
 
 
-class NetworkConfig(_Section):
-    """Simple system model for ``sim_round_s``: a scalar applies to every client, a list gives one per client."""
+class Draw(_Section):
+    """Draw one value per client from a distribution, seeded by the run seed and the field's name.
 
-    uplink_mbps: float | list[float] = 10.0
-    downlink_mbps: float | list[float] = 50.0
-    tokens_per_s: float | list[float] = 400.0
-    """Local training throughput (tokens/s) of each client."""
+    uniform / loguniform: ``low``, ``high``; lognormal: ``median``, ``sigma`` (of the log); choice: ``values``
+    (and optional ``weights``). The drawn values replace the distribution in config.resolved.toml.
+    """
+
+    dist: Literal["uniform", "loguniform", "lognormal", "choice"]
+    low: float | None = None
+    high: float | None = None
+    median: float | None = Field(None, gt=0)
+    sigma: float | None = Field(None, ge=0)
+    values: list[float] | None = Field(None, min_length=1)
+    weights: list[float] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> Draw:
+        need = {"uniform": ("low", "high"), "loguniform": ("low", "high"), "lognormal": ("median", "sigma")}
+        need["choice"] = ("values",)
+        missing = [name for name in need[self.dist] if getattr(self, name) is None]
+        if missing:
+            raise ValueError(f"dist {self.dist!r} needs {', '.join(missing)}")
+        if self.dist in ("uniform", "loguniform") and not self.low <= self.high:
+            raise ValueError(f"low={self.low} must be <= high={self.high}")
+        if self.dist == "loguniform" and self.low <= 0:
+            raise ValueError(f"loguniform needs low > 0, got {self.low}")
+        if self.weights is not None:
+            if self.values is None or len(self.weights) != len(self.values):
+                raise ValueError("weights needs one weight per entry of values")
+            if any(w < 0 for w in self.weights) or sum(self.weights) <= 0:
+                raise ValueError("weights must be >= 0 with a positive sum")
+        return self
+
+
+PerClient = float | list[float] | Draw
+"""One value for every client, a list with one value per client, or a distribution to draw them from."""
+
+
+class FleetConfig(_Section):
+    """The clients' hardware and links (the system model; see docs/system-model.md).
+
+    Each field is one value for every client, a list with one per client, or ``{dist = ...}`` to draw a
+    heterogeneous population (see ``Draw``). config.resolved.toml lists the values every client got."""
+
+    tokens_per_s: PerClient = 400.0
+    """Local training throughput at the full rank lora.rank, in tokens/s."""
+    downlink_mbps: PerClient = 50.0
+    """Server → client rate in Mbit/s."""
+    uplink_mbps: PerClient = 10.0
+    """Client → server rate in Mbit/s (network.uplink = "fixed")."""
+    distance_m: PerClient = 200.0
+    """Distance to the base station in metres (network.uplink = "wireless")."""
+    tx_power_dbm: PerClient = 20.0
+    """Uplink transmit power in dBm (network.uplink = "wireless"; 20 dBm = 100 mW)."""
+    max_rank: int | list[int] | Draw | None = None
+    """Memory cap: the largest rank the client can train (budgets and plans must respect it); unset = lora.rank."""
+
+
+class NetworkConfig(_Section):
+    """How links and computation turn into the simulated round time ``sim_round_s``."""
+
+    uplink: Literal["fixed", "wireless"] = "fixed"
+    """"fixed": each client's uplink runs at fleet.uplink_mbps. "wireless": the round's participants share
+    ``bandwidth_mhz``; each gets a Shannon rate from its distance, transmit power and the noise."""
+    bandwidth_mhz: float = Field(10.0, gt=0)
+    """Total uplink bandwidth shared by a round's participants (wireless)."""
+    allocation: Literal["equal", "min_max"] = "equal"
+    """How the participants share the bandwidth: equal shares, or the split that minimises the round time
+    (every participant finishes together)."""
+    noise_dbm_per_hz: float = -174.0
+    """Noise power spectral density N0 in dBm/Hz."""
+    path_loss_exponent: float = Field(3.76, gt=0)
+    ref_loss_db: float = 128.1
+    """Path loss in dB at 1 km: PL(d) = ref_loss_db + 10·path_loss_exponent·log10(d / 1 km)."""
+    rank_cost: float = Field(0.0, ge=0)
+    """Per-token compute grows as (1 + rank_cost·k) with the trained rank k (calibrated by ``fedlora plan``
+    from timed local steps); the fleet's tokens_per_s is the throughput at k = lora.rank."""
+
+
+class PlannerConfig(_Section):
+    """``fedlora plan``: the pilot run and the search for k_i and q_i (see docs/planner.md)."""
+
+    pilot_rounds: int = Field(1, ge=1)
+    """Rounds of the pilot run, every client participating, each at its largest allowed rank."""
+    q_min: float = Field(0.05, gt=0, le=1)
+    """Smallest participation probability the plan may give a client."""
+    variance_weight: float = Field(1.0, ge=0)
+    """θ in the rounds surrogate R = R0·(1 + θ·Σ a_i² ρ_i (r/(k_i q_i) − 1))."""
+    rounds_full: float | None = Field(None, gt=0)
+    """R0: rounds to converge with every client at full rank (default: ``rounds``)."""
 
 
 class RunConfig(_Section):
@@ -192,12 +284,16 @@ class RunConfig(_Section):
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    fleet: FleetConfig = Field(default_factory=FleetConfig)
     network: NetworkConfig = Field(default_factory=NetworkConfig)
+    planner: PlannerConfig = Field(default_factory=PlannerConfig)
+    plan_source: str | None = None
+    """The plan file applied with ``plan=PATH`` (informational: its values are already in this config)."""
 
     @model_validator(mode="after")
     def _check(self) -> RunConfig:
         n = self.partition.num_clients
-        if self.sampling.clients_per_round > n:
+        if self.sampling.scheme == "uniform" and self.sampling.clients_per_round > n:
             raise ValueError(
                 f"sampling.clients_per_round: {self.sampling.clients_per_round} exceeds partition.num_clients={n}"
             )
@@ -213,13 +309,38 @@ class RunConfig(_Section):
             raise ValueError(f"budgets.k_max: {k_max} must be in [budgets.k_min, lora.rank={self.lora.rank}]")
         if self.budgets.k_min > self.lora.rank:
             raise ValueError(f"budgets.k_min: {self.budgets.k_min} exceeds lora.rank={self.lora.rank}")
-        for name in ("uplink_mbps", "downlink_mbps", "tokens_per_s"):
-            value = getattr(self.network, name)
-            values = value if isinstance(value, list) else [value]
+        for name in ("tokens_per_s", "downlink_mbps", "uplink_mbps", "distance_m", "max_rank"):
+            value = getattr(self.fleet, name)
             if isinstance(value, list) and len(value) != n:
-                raise ValueError(f"network.{name}: {len(value)} values for partition.num_clients={n}")
+                raise ValueError(f"fleet.{name}: {len(value)} values for partition.num_clients={n}")
+            values = value if isinstance(value, list) else [] if isinstance(value, Draw) or value is None else [value]
             if any(v <= 0 for v in values):
-                raise ValueError(f"network.{name}: values must be > 0, got {value}")
+                raise ValueError(f"fleet.{name}: values must be > 0, got {value}")
+        if isinstance(self.fleet.tx_power_dbm, list) and len(self.fleet.tx_power_dbm) != n:
+            raise ValueError(f"fleet.tx_power_dbm: {len(self.fleet.tx_power_dbm)} values for partition.num_clients={n}")
+        caps = self.fleet.max_rank
+        caps = [caps] * n if isinstance(caps, int) else caps
+        if isinstance(caps, list) and self.method in ("fedit", "ffa") and min(caps) < self.lora.rank:
+            i = caps.index(min(caps))
+            raise ValueError(
+                f"fleet.max_rank: client {i} can train rank {caps[i]} at most, but {self.method} trains every "
+                f"client at lora.rank={self.lora.rank}"
+            )
+        if isinstance(caps, list) and budgets is not None:
+            over = [i for i, (k, cap) in enumerate(zip(budgets, caps, strict=True)) if k > cap]
+            if over:
+                i = over[0]
+                raise ValueError(f"budgets.per_client: client {i} gets {budgets[i]} but fleet.max_rank[{i}]={caps[i]}")
+        s = self.sampling
+        if s.scheme == "independent":
+            if s.probs is None:
+                raise ValueError("sampling.probs: required when sampling.scheme = 'independent'")
+            probs = s.probs if isinstance(s.probs, list) else [s.probs]
+            if isinstance(s.probs, list) and len(probs) != n:
+                raise ValueError(f"sampling.probs: {len(probs)} values for partition.num_clients={n}")
+            bad = [q for q in probs if not 0 < q <= 1]
+            if bad:
+                raise ValueError(f"sampling.probs: {bad[0]} is outside (0, 1]")
         return self
 
 
@@ -303,11 +424,83 @@ def validate(data: dict[str, Any]) -> RunConfig:
         raise ConfigError(format_validation_error(err)) from None
 
 
+FLEET_FIELDS = ("tokens_per_s", "downlink_mbps", "uplink_mbps", "distance_m", "tx_power_dbm", "max_rank")
+
+
+def draw_values(spec: Draw, n: int, seed: int) -> list[float]:
+    """``n`` values drawn from ``spec`` with a numpy generator seeded by ``seed``."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    if spec.dist == "uniform":
+        values = rng.uniform(spec.low, spec.high, size=n)
+    elif spec.dist == "loguniform":
+        values = np.exp(rng.uniform(np.log(spec.low), np.log(spec.high), size=n))
+    elif spec.dist == "lognormal":
+        values = spec.median * np.exp(spec.sigma * rng.standard_normal(n))
+    else:
+        weights = None if spec.weights is None else np.asarray(spec.weights, float) / sum(spec.weights)
+        values = rng.choice(np.asarray(spec.values, float), size=n, p=weights)
+    return [float(v) for v in values]
+
+
+def resolve_fleet(config: RunConfig) -> RunConfig:
+    """The config with every ``Draw`` in [fleet] replaced by the per-client values it draws (seeded)."""
+    from fedlora import seeding
+
+    n = config.partition.num_clients
+    data = config.model_dump(mode="json", exclude_none=True)
+    changed = False
+    for index, name in enumerate(FLEET_FIELDS):
+        value = getattr(config.fleet, name)
+        if isinstance(value, Draw):
+            values = draw_values(value, n, seeding.derive_seed(config.seed, "fleet", index))
+            if name == "max_rank":
+                values = [max(1, int(round(v))) for v in values]
+            data["fleet"][name] = values
+            changed = True
+    return validate(data) if changed else config
+
+
+def apply_plan(data: dict[str, Any], plan_path: str) -> dict[str, Any]:
+    """``data`` with the settings of a plan file written by ``fedlora plan`` (its [settings] table) applied."""
+    path = Path(plan_path)
+    if not path.is_file():
+        raise ConfigError(f"plan: file not found: {path}")
+    try:
+        plan = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"plan {path}: invalid TOML: {err}") from None
+    settings = plan.get("settings")
+    made_for = plan.get("made_for", {})
+    if not isinstance(settings, dict) or not isinstance(made_for, dict):
+        raise ConfigError(f"plan {path}: not a fedlora plan (no [settings] / [made_for] tables)")
+    n = data.get("partition", {}).get("num_clients", PartitionConfig().num_clients)
+    if made_for.get("num_clients") not in (None, n):
+        raise ConfigError(f"plan {path}: made for {made_for['num_clients']} clients, but partition.num_clients is {n}")
+    result = apply_overrides(data, [])
+    for key, value in settings.items():
+        node = result
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    result["plan_source"] = str(path.resolve())
+    return result
+
+
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
-    """Read CONFIG, apply dotted overrides, resolve relative data paths against the config's folder."""
+    """Read CONFIG, apply dotted overrides (``plan=PLAN`` applies a plan file's settings where it stands),
+    draw the fleet's population, and resolve relative data paths against the config's folder."""
     path = Path(path)
-    data = apply_overrides(_read_file(path), overrides or [])
-    config = validate(data)
+    data = _read_file(path)
+    for item in overrides or []:
+        key, _, raw = item.partition("=")
+        if key.strip() == "plan":
+            data = apply_plan(data, raw.strip())
+        else:
+            data = apply_overrides(data, [item])
+    config = resolve_fleet(validate(data))
     source = config.data.source
     if Path(source).suffix in (".json", ".jsonl", ".csv", ".parquet") and not Path(source).is_absolute():
         beside_config = (path.parent / source).resolve()

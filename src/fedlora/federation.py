@@ -25,7 +25,7 @@ from fedlora.lora.layer import merge_update
 from fedlora.lora.state import Factors, flatten_factors
 from fedlora.methods import build_method
 from fedlora.methods.base import ClientPlan
-from fedlora.network.system import client_round_time, round_time
+from fedlora.network.sampling import sample_independent, unbiased_weights
 from fedlora.setup import RunSetup, build
 
 
@@ -53,13 +53,42 @@ def sample_clients(num_clients: int, per_round: int, generator: torch.Generator)
 
 
 def aggregation_weights(kind: str, num_examples: list[int]) -> list[float]:
-    """a_i over the round's participants, summing to 1."""
+    """a_i over the given clients (a round's participants, or the whole population), summing to 1."""
+    if not num_examples:
+        return []
     if kind == "uniform":
         return [1.0 / len(num_examples)] * len(num_examples)
     total = sum(num_examples)
     if total <= 0:
-        raise ValueError("aggregation weights: the round's participants hold no examples")
+        raise ValueError("aggregation weights: the clients hold no examples")
     return [n / total for n in num_examples]
+
+
+def participation_probs(config: RunConfig) -> list[float] | None:
+    """q_i per client under independent sampling (None under uniform sampling)."""
+    s = config.sampling
+    if s.scheme != "independent":
+        return None
+    return list(s.probs) if isinstance(s.probs, list) else [float(s.probs)] * config.partition.num_clients
+
+
+def round_participants(config: RunConfig, round_idx: int) -> list[int]:
+    """This round's participants (sorted client ids; possibly empty under independent sampling)."""
+    generator = seeding.generator(config.seed, "sample", round_idx)
+    probs = participation_probs(config)
+    if probs is None:
+        return sample_clients(config.partition.num_clients, config.sampling.clients_per_round, generator)
+    return sample_independent(probs, generator)
+
+
+def round_weights(config: RunConfig, participants: list[int], num_examples: list[int]) -> list[float]:
+    """Aggregation weights of the participants: a_i renormalised over them (uniform sampling), or a_i / q_i with
+    a_i the population weight (independent sampling: unbiased, not renormalised)."""
+    probs = participation_probs(config)
+    if probs is None:
+        return aggregation_weights(config.server.weighting, [num_examples[c] for c in participants])
+    population = aggregation_weights(config.server.weighting, num_examples)
+    return unbiased_weights(participants, population, probs)
 
 
 def download_blob(plan: ClientPlan, round_idx: int, train_seed: int) -> bytes:
@@ -112,9 +141,17 @@ def method_options(config: RunConfig, method) -> dict:
         "alpha": config.lora.alpha,
         "target_modules": config.model.target_modules,
         "weighting": config.server.weighting,
-        "clients_per_round": config.sampling.clients_per_round,
+        "sampling": config.sampling.model_dump(exclude_none=True),
         **method.options(),
     }
+
+
+def weighted_mean(weights: list[float], values: list[float]) -> float | None:
+    """Σ w_i v_i / Σ w_i (None for an empty round)."""
+    total = sum(weights)
+    if not values or total == 0:
+        return None
+    return sum(w * v for w, v in zip(weights, values, strict=True)) / total
 
 
 def _totals(records: list[dict]) -> dict:
@@ -135,6 +172,7 @@ def run(config: RunConfig, run_dir: Path, resume: bool = False, reporter: Report
     setup = build(config, run_dir, resume)
     method = build_method(config, setup)
     engine = InProcessEngine(setup.model, setup.layers, setup.client_examples, setup.training, setup.pad_id)
+    num_examples = [len(examples) for examples in setup.client_examples]
 
     # ---------------------------------------------------------------- start or resume
     start_round, records, initial_eval = 1, [], None
@@ -159,11 +197,7 @@ def run(config: RunConfig, run_dir: Path, resume: bool = False, reporter: Report
     for round_idx in range(start_round, config.rounds + 1):
         started = time.perf_counter()
         # ---------------------------------------------------------------- sample
-        participants = sample_clients(
-            config.partition.num_clients,
-            config.sampling.clients_per_round,
-            seeding.generator(config.seed, "sample", round_idx),
-        )
+        participants = round_participants(config, round_idx)
         reporter.round_started(round_idx, participants)
 
         # ---------------------------------------------------------------- plan payloads
@@ -177,19 +211,24 @@ def run(config: RunConfig, run_dir: Path, resume: bool = False, reporter: Report
         ]
 
         # ---------------------------------------------------------------- run clients
-        uploads, metas, client_times = [], [], []
+        uploads, metas = [], []
         for plan, blob in zip(plans, downloads, strict=True):
             upload = engine.run_client(plan.client_id, blob)
             factors, meta = read_upload(plan, upload)
             uploads.append(factors)
             metas.append(meta)
-            profile = setup.profiles[plan.client_id]
-            client_times.append(client_round_time(profile, len(blob), len(upload), int(meta["tokens"])))
             meta["bytes_up"] = len(upload)
             reporter.client_done(round_idx, plan.client_id, plan.rank, float(meta["train_loss"]))
+        timing = setup.system.round(
+            participants,
+            [plan.rank for plan in plans],
+            [len(b) for b in downloads],
+            [m["bytes_up"] for m in metas],
+            [int(m["tokens"]) for m in metas],
+        )
 
         # ---------------------------------------------------------------- aggregate
-        weights = aggregation_weights(config.server.weighting, [int(m["num_examples"]) for m in metas])
+        weights = round_weights(config, participants, num_examples)
         method_facts = method.aggregate(plans, uploads, weights)
         base_update = method.pending_base_update()
         if base_update is not None:
@@ -204,12 +243,15 @@ def run(config: RunConfig, run_dir: Path, resume: bool = False, reporter: Report
             "weights": weights,
             "bytes_up": sum(m["bytes_up"] for m in metas),
             "bytes_down": sum(len(b) for b in downloads),
-            "sim_round_s": round_time(client_times),
-            "client_sim_s": client_times,
-            "train_loss": sum(w * float(m["train_loss"]) for w, m in zip(weights, metas, strict=True)),
+            "sim_round_s": timing.round_s,
+            "sim_time_s": (records[-1]["sim_time_s"] if records else 0.0) + timing.round_s,
+            "client_sim_s": timing.client_s,
+            "train_loss": weighted_mean(weights, [float(m["train_loss"]) for m in metas]),
             "client_train_loss": [float(m["train_loss"]) for m in metas],
             **method_facts,
         }
+        if timing.bandwidth_hz is not None:
+            record["client_bandwidth_hz"] = timing.bandwidth_hz
         if round_idx % config.eval.every == 0 or round_idx == config.rounds:
             result = evaluate_global(setup, method, config)
             record.update(result)
@@ -236,10 +278,13 @@ def run(config: RunConfig, run_dir: Path, resume: bool = False, reporter: Report
         "rounds": config.rounds,
         "seed": config.seed,
         "num_clients": config.partition.num_clients,
-        "clients": setup.client_summaries,
+        "clients": [
+            {**shard, **profile.summary(), "budget": k}
+            for shard, profile, k in zip(setup.client_summaries, setup.system.profiles, setup.budgets, strict=True)
+        ],
         "initial_eval": initial_eval,
         "final_eval": {k: final[k] for k in ("eval_loss", "eval_accuracy") if k in final},
-        "final_train_loss": records[-1]["train_loss"] if records else None,
+        "final_train_loss": next((r["train_loss"] for r in reversed(records) if r["train_loss"] is not None), None),
         "totals": _totals(records),
         "base_model": setup.base_name,
         "fedlora_version": __version__,
@@ -250,7 +295,7 @@ def run(config: RunConfig, run_dir: Path, resume: bool = False, reporter: Report
     return summary
 
 
-__all__ = ["run", "load_final_model", "sample_clients", "aggregation_weights"]
+__all__ = ["run", "load_final_model", "sample_clients", "aggregation_weights", "round_participants", "round_weights"]
 
 
 def load_final_model(run_dir: Path):

@@ -5,7 +5,17 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-PURPOSES = {"init": 0, "sample": 1, "sketch": 2, "train": 3, "budgets": 4, "data": 5, "model": 6}
+PURPOSES = {
+    "init": 0,
+    "sample": 1,
+    "sketch": 2,
+    "train": 3,
+    "budgets": 4,
+    "data": 5,
+    "model": 6,
+    "fleet": 7,
+    "pilot": 8,
+}
 
 
 def derive_seed(seed: int, purpose: str, *keys: int) -> int:

@@ -31,7 +31,8 @@ from fedlora.errors import ConfigError, DataError
 from fedlora.lora.layer import LoRALinear, inject_lora
 from fedlora.lora.state import ModuleShape
 from fedlora.models import load_base_model, resolve_device, resolve_dtype, tiny_random_llama
-from fedlora.network.system import ClientProfile, profiles_from_lists
+from fedlora.network.system import ClientProfile, SystemModel, dbm_to_w
+from fedlora.network.wireless import Channel
 
 TINY = "tiny-random"
 
@@ -57,7 +58,7 @@ class RunSetup:
     client_summaries: list[dict]
     eval_set: EvalSet
     budgets: list[int]
-    profiles: list[ClientProfile]
+    system: SystemModel
     training: LocalTraining
     pad_id: int
 
@@ -170,16 +171,53 @@ def client_budgets(config: RunConfig) -> list[int]:
     fs = config.budgets
     if fs.per_client is not None:
         return list(fs.per_client)
-    return draw_budgets(n, fs.k_min, fs.k_max or rank, fs.distribution, seeding.derive_seed(config.seed, "budgets"))
+    drawn = draw_budgets(n, fs.k_min, fs.k_max or rank, fs.distribution, seeding.derive_seed(config.seed, "budgets"))
+    caps = per_client(config.fleet.max_rank, n) if config.fleet.max_rank is not None else [rank] * n
+    return [min(k, int(cap)) for k, cap in zip(drawn, caps, strict=True)]  # memory caps bound the draw
+
+
+def per_client(value, n: int) -> list:
+    """A fleet field as one value per client (distributions were drawn when the config was loaded)."""
+    return list(value) if isinstance(value, list) else [value] * n
 
 
 def client_profiles(config: RunConfig) -> list[ClientProfile]:
-    n, net = config.partition.num_clients, config.network
+    """Each client's hardware and links from [fleet] and [network]."""
+    n, fleet, net = config.partition.num_clients, config.fleet, config.network
+    caps = per_client(fleet.max_rank, n) if fleet.max_rank is not None else [config.lora.rank] * n
+    profiles = []
+    for tps, down, up, dist, power, cap in zip(
+        per_client(fleet.tokens_per_s, n),
+        per_client(fleet.downlink_mbps, n),
+        per_client(fleet.uplink_mbps, n),
+        per_client(fleet.distance_m, n),
+        per_client(fleet.tx_power_dbm, n),
+        caps,
+        strict=True,
+    ):
+        channel = None
+        if net.uplink == "wireless":
+            channel = Channel(
+                distance_m=dist,
+                tx_power_w=dbm_to_w(power),
+                noise_psd_w_per_hz=dbm_to_w(net.noise_dbm_per_hz),
+                path_loss_exponent=net.path_loss_exponent,
+                ref_loss_db=net.ref_loss_db,
+            )
+        profiles.append(ClientProfile(tps, down * 1e6, up * 1e6, channel, min(int(cap), config.lora.rank)))
+    return profiles
 
-    def per_client(value: float | list[float]) -> list[float]:
-        return list(value) if isinstance(value, list) else [value] * n
 
-    return profiles_from_lists(per_client(net.uplink_mbps), per_client(net.downlink_mbps), per_client(net.tokens_per_s))
+def system_model(config: RunConfig) -> SystemModel:
+    net = config.network
+    return SystemModel(
+        profiles=client_profiles(config),
+        rank=config.lora.rank,
+        rank_cost=net.rank_cost,
+        uplink=net.uplink,
+        bandwidth_hz=net.bandwidth_mhz * 1e6,
+        allocation=net.allocation,
+    )
 
 
 def quiet_libraries() -> None:
@@ -226,7 +264,7 @@ def build(config: RunConfig, run_dir: Path, resume: bool) -> RunSetup:
         client_summaries=summaries,
         eval_set=eval_set,
         budgets=client_budgets(config),
-        profiles=client_profiles(config),
+        system=system_model(config),
         training=training,
         pad_id=pad_id,
     )

@@ -1,0 +1,191 @@
+"""Client populations, the round-time system model, independent sampling in a run, and plan files."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import tomli_w
+
+from fedlora import federation
+from fedlora.config import load_config, validate
+from fedlora.errors import ConfigError
+from fedlora.network.system import ClientProfile, SystemModel, dbm_to_w
+from fedlora.network.wireless import Channel, min_max_allocation, shannon_rate_bps
+from fedlora.setup import client_profiles, system_model
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "examples" / "tiny.toml"
+FAST = ["rounds=2", "data.max_examples=48", "train.local_steps=2"]
+
+
+# ------------------------------------------------------------------------------------------ populations
+
+
+def test_population_is_drawn_seeded_and_written_resolved(tmp_path):
+    overrides = [
+        "partition.num_clients=6",
+        "budgets.per_client=[1,2,3,4,5,6]",
+        'fleet.tokens_per_s={dist="lognormal", median=100.0, sigma=0.5}',
+        'fleet.distance_m={dist="uniform", low=50.0, high=500.0}',
+        'fleet.max_rank={dist="choice", values=[6, 8]}',
+    ]
+    a = load_config(TINY, overrides)
+    b = load_config(TINY, overrides)
+    assert a == b  # same seed, same population
+    assert isinstance(a.fleet.tokens_per_s, list) and len(a.fleet.tokens_per_s) == 6
+    assert all(50 <= d <= 500 for d in a.fleet.distance_m)
+    assert set(a.fleet.max_rank) <= {6, 8}
+    c = load_config(TINY, [*overrides, "seed=1"])
+    assert c.fleet.tokens_per_s != a.fleet.tokens_per_s
+    # the resolved config lists the drawn values and reloads to the same config
+    from fedlora.config import dump_config
+
+    path = tmp_path / "resolved.toml"
+    path.write_text(dump_config(a))
+    assert "dist =" not in path.read_text()
+    assert load_config(path) == a
+
+
+@pytest.mark.parametrize(
+    "data, field",
+    [
+        ({"fleet": {"tokens_per_s": {"dist": "uniform", "low": 1.0}}}, "high"),
+        ({"fleet": {"distance_m": {"dist": "gauss"}}}, "fleet.distance_m"),
+        ({"fleet": {"max_rank": [4] * 9}}, "fleet.max_rank"),
+        ({"fleet": {"max_rank": [2] * 10}, "budgets": {"per_client": [4] * 10}}, "fleet.max_rank[0]"),
+        ({"method": "fedit", "fleet": {"max_rank": [8] * 10}}, "fleet.max_rank"),
+        ({"sampling": {"scheme": "independent"}}, "sampling.probs"),
+        ({"sampling": {"scheme": "independent", "probs": 1.5}}, "sampling.probs"),
+        ({"sampling": {"scheme": "independent", "probs": [0.5] * 3}}, "sampling.probs"),
+    ],
+)
+def test_bad_fleet_and_sampling_name_the_field(data, field):
+    with pytest.raises(ConfigError) as info:
+        validate(data)
+    assert field in str(info.value) and "\n" not in str(info.value)
+
+
+def test_profiles_from_config():
+    config = load_config(TINY)
+    profiles = client_profiles(config)
+    assert [p.tokens_per_s for p in profiles] == [40, 100, 200, 400]
+    assert [p.max_rank for p in profiles] == [8, 8, 8, 8]  # no memory caps: lora.rank
+    assert profiles[0].channel.distance_m == 450 and math.isclose(profiles[0].channel.tx_power_w, 0.1)
+
+
+# ------------------------------------------------------------------------------------------ system model
+
+
+def _wireless(allocation: str) -> SystemModel:
+    profiles = [ClientProfile(100.0, 50e6, 0.0, Channel(d, dbm_to_w(20)), 16) for d in (100.0, 300.0, 600.0)]
+    return SystemModel(profiles, rank=16, rank_cost=0.05, uplink="wireless", bandwidth_hz=2e6, allocation=allocation)
+
+
+def test_round_time_by_hand_fixed_uplink():
+    system = SystemModel([ClientProfile(200.0, 8e6, 1e6), ClientProfile(100.0, 8e6, 2e6)], rank=8, rank_cost=0.5)
+    timing = system.round([0, 1], [4, 8], [1e6, 1e6], [2.5e5, 5e5], [1000, 1000])
+    t0 = 1.0 + 1000 * (1 + 2) / (5 * 200) + 2.0
+    t1 = 1.0 + 1000 * (1 + 4) / (5 * 100) + 2.0
+    assert timing.client_s == pytest.approx([t0, t1]) and timing.round_s == pytest.approx(max(t0, t1))
+    assert system.round([], [], [], [], []).round_s == 0.0
+
+
+def test_min_max_round_is_never_slower_than_equal_and_finishes_together():
+    args = ([0, 1, 2], [16, 8, 4], [1e6] * 3, [4e6, 2e6, 1e6], [3000, 3000, 3000])
+    equal = _wireless("equal").round(*args)
+    minmax = _wireless("min_max").round(*args)
+    assert minmax.round_s <= equal.round_s * (1 + 1e-9)
+    assert max(minmax.client_s) - min(minmax.client_s) <= 1e-6 * minmax.round_s
+    assert sum(minmax.bandwidth_hz) == pytest.approx(2e6)
+    assert equal.bandwidth_hz == pytest.approx([2e6 / 3] * 3)
+    # equal shares by hand for client 2
+    system = _wireless("equal")
+    ch = system.profiles[2].channel
+    fixed = 8e6 / 50e6 + 3000 * (1 + 0.05 * 4) / ((1 + 0.05 * 16) * 100.0)
+    assert equal.client_s[2] == pytest.approx(fixed + 8e6 / shannon_rate_bps(ch, 2e6 / 3))
+    _, expected = min_max_allocation(
+        [system.before_upload_s(i, 1e6, 3000, k) for i, k in zip(range(3), [16, 8, 4], strict=True)],
+        [3.2e7, 1.6e7, 8e6],
+        [p.channel for p in system.profiles],
+        2e6,
+    )
+    assert minmax.round_s == pytest.approx(expected)
+
+
+# ------------------------------------------------------------------------------------ independent sampling
+
+
+def test_independent_sampling_run(tmp_path):
+    out = tmp_path / "indep"
+    overrides = [*FAST, "rounds=6", 'sampling.scheme="independent"', "sampling.probs=[0.3, 0.5, 0.9, 1.0]"]
+    summary = federation.run(load_config(TINY, overrides), out)
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all(3 in r["participants"] for r in records)  # q = 1 always joins
+    sizes = [c["size"] for c in summary["clients"]]
+    a = [n / sum(sizes) for n in sizes]
+    q = [0.3, 0.5, 0.9, 1.0]
+    total = 0.0
+    for r in records:
+        assert r["weights"] == pytest.approx([a[c] / q[c] for c in r["participants"]])
+        assert r["sim_time_s"] == pytest.approx(total + r["sim_round_s"])
+        total = r["sim_time_s"]
+        assert len(r["client_bandwidth_hz"]) == len(r["participants"])
+    # rerun: same participants, same numbers
+    out2 = tmp_path / "indep2"
+    federation.run(load_config(TINY, overrides), out2)
+    again = [json.loads(line) for line in (out2 / "metrics.jsonl").read_text().splitlines()]
+    strip = ("wall_s",)
+    assert [{k: v for k, v in r.items() if k not in strip} for r in records] == [
+        {k: v for k, v in r.items() if k not in strip} for r in again
+    ]
+
+
+def test_empty_round_keeps_the_model(tmp_path):
+    out = tmp_path / "empty"
+    overrides = [*FAST, "rounds=3", 'sampling.scheme="independent"', "sampling.probs=0.05", "seed=3"]
+    federation.run(load_config(TINY, overrides), out)
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    empty = [r for r in records if not r["participants"]]
+    assert empty, "seed 3 with q = 0.05 should give an empty round"
+    for r in empty:
+        assert r["sim_round_s"] == 0.0 and r["bytes_up"] == 0 and r["train_loss"] is None
+
+
+# ------------------------------------------------------------------------------------------ plan files
+
+
+def _plan(tmp_path, settings, num_clients=4):
+    path = tmp_path / "p.plan.toml"
+    path.write_text(tomli_w.dumps({"made_for": {"num_clients": num_clients}, "settings": settings}))
+    return path
+
+
+def test_plan_file_is_applied_and_recorded(tmp_path):
+    settings = {
+        "sampling.scheme": "independent",
+        "sampling.probs": [0.5, 0.6, 0.7, 1.0],
+        "budgets.per_client": [1, 2, 3, 4],
+        "network.allocation": "min_max",
+    }
+    path = _plan(tmp_path, settings)
+    config = load_config(TINY, [f"plan={path}"])
+    assert config.sampling.probs == [0.5, 0.6, 0.7, 1.0] and config.budgets.per_client == [1, 2, 3, 4]
+    assert config.network.allocation == "min_max" and config.plan_source == str(path.resolve())
+    # an override after plan= wins; the system model follows the plan
+    assert load_config(TINY, [f"plan={path}", "budgets.per_client=[4,4,4,4]"]).budgets.per_client == [4] * 4
+    assert system_model(config).allocation == "min_max"
+
+
+def test_bad_plan_files(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(TINY, [f"plan={tmp_path / 'none.toml'}"])
+    with pytest.raises(ConfigError, match="made for 7 clients"):
+        load_config(TINY, [f"plan={_plan(tmp_path, {}, num_clients=7)}"])
+    junk = tmp_path / "junk.toml"
+    junk.write_text("x = 1")
+    with pytest.raises(ConfigError, match="not a fedlora plan"):
+        load_config(TINY, [f"plan={junk}"])
+    # a plan that breaks a memory cap is rejected by the config's own checks
+    with pytest.raises(ConfigError, match="fleet.max_rank"):
+        load_config(TINY, ["fleet.max_rank=[4,8,8,8]", f"plan={_plan(tmp_path, {'budgets.per_client': [8] * 4})}"])
