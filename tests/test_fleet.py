@@ -189,3 +189,57 @@ def test_bad_plan_files(tmp_path):
     # a plan that breaks a memory cap is rejected by the config's own checks
     with pytest.raises(ConfigError, match="fleet.max_rank"):
         load_config(TINY, ["fleet.max_rank=[4,8,8,8]", f"plan={_plan(tmp_path, {'budgets.per_client': [8] * 4})}"])
+
+
+# ------------------------------------------------------------------------------------------ fedlora plan
+
+
+def _cli(*args):
+    from typer.testing import CliRunner
+
+    from fedlora.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def test_plan_then_run_end_to_end(tmp_path):
+    """`fedlora plan examples/tiny.toml` then `fedlora run examples/tiny.toml plan=PLAN`."""
+    import tomllib
+
+    plan_path = tmp_path / "tiny.plan.toml"
+    caps = ["fleet.max_rank=[4,8,8,8]"]
+    result = _cli("plan", TINY, *caps, "--out", plan_path)
+    assert result.exit_code == 0, result.output
+    plan = tomllib.loads(plan_path.read_text())
+    settings = plan["settings"]
+    k, q = settings["budgets.per_client"], settings["sampling.probs"]
+    # every constraint: memory caps, k_min, q in [q_min, 1], expected participants ≥ clients_per_round (3)
+    assert all(1 <= ki <= cap for ki, cap in zip(k, [4, 8, 8, 8], strict=True))
+    assert all(0.05 <= qi <= 1 for qi in q) and sum(q) >= 3 - 1e-6
+    assert settings["network.allocation"] in ("equal", "min_max")
+    assert plan["prediction"]["round_s_by_policy"]["min_max"] <= plan["prediction"]["round_s_by_policy"]["equal"]
+    assert len(plan["pilot"]["spread"]) == 4 and all(s > 0 for s in plan["pilot"]["spread"])
+
+    out = tmp_path / "planned"
+    result = _cli("run", TINY, *caps, f"plan={plan_path}", *FAST, "--out", out)
+    assert result.exit_code == 0, result.output
+    resolved = load_config(out / "config.resolved.toml")
+    assert resolved.budgets.per_client == k and resolved.sampling.probs == pytest.approx(q)
+    assert resolved.plan_source == str(plan_path.resolve())
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["ranks"] == [k[c] for c in r["participants"]] for r in records)
+
+
+@pytest.mark.parametrize(
+    "overrides, words",
+    [
+        (["budgets.k_min=4", "fleet.max_rank=[2,8,8,8]"], ["client 0", "fleet.max_rank", "budgets.k_min"]),
+        (["planner.min_participants=5"], ["planner.min_participants"]),
+    ],
+)
+def test_plan_rejects_an_infeasible_fleet(tmp_path, overrides, words):
+    result = _cli("plan", TINY, *overrides, "--out", tmp_path / "p.toml")
+    assert result.exit_code == 2
+    message = result.stderr.strip()
+    assert all(w in message for w in words) and "\n" not in message
+    assert not (tmp_path / "p.toml").exists()

@@ -264,6 +264,9 @@ class PlannerConfig(_Section):
     """θ in the rounds surrogate R = R0·(1 + θ·Σ a_i² ρ_i (r/(k_i q_i) − 1))."""
     rounds_full: float | None = Field(None, gt=0)
     """R0: rounds to converge with every client at full rank (default: ``rounds``)."""
+    min_participants: float | None = Field(None, ge=0)
+    """Plans keep Σ q_i ≥ this many expected participants per round (default: sampling.clients_per_round, the
+    load of the uniform baseline)."""
 
 
 class RunConfig(_Section):

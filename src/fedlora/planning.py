@@ -1,0 +1,337 @@
+"""``fedlora plan``: a short real pilot run, the planner's search, and the plan file ``fedlora run`` takes.
+
+1. Pilot: every client trains ``planner.pilot_rounds`` rounds at its largest allowed rank on the real model and
+   data. It measures each client's tokens per round, the payload bytes, and the spread ρ_i = E‖x_i‖² / ‖Σ a_j x_j‖²
+   of the clients' updates x_i (the constants of the rounds surrogate); timed local steps at two ranks calibrate
+   how compute grows with the rank (``network.rank_cost``).
+2. Search: ``fedlora.network.planner.plan_fleet`` picks integer k_i and q_i minimising predicted rounds × expected
+   round time (docs/planner.md).
+3. Bandwidth policy: for the chosen k, q the expected round time under each run-time policy (equal shares,
+   min-max) is estimated by Monte Carlo over independent participation draws with the same system model a run
+   uses; the faster one goes into the plan.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fedlora import payload, seeding
+from fedlora.config import RunConfig
+from fedlora.engines.inprocess import InProcessEngine
+from fedlora.lora.layer import merge_update
+from fedlora.lora.state import flatten_factors, init_factors
+from fedlora.methods import build_method
+from fedlora.methods.base import ClientPlan
+from fedlora.network import planner
+from fedlora.network.system import SystemModel
+from fedlora.network.wireless import channel_gain
+from fedlora.setup import build
+
+FACTOR_AVERAGING = ("fslora", "fedit", "ffa")
+FULL_RANK = ("fedit", "ffa")
+
+
+@dataclass
+class PilotResult:
+    """What the pilot measured (lists have one entry per client)."""
+
+    weights: list[float]
+    """a_i, the population aggregation weights."""
+    spread: list[float]
+    """ρ_i = E‖x_i‖² / ‖Σ_j a_j x_j‖², averaged over the pilot's rounds."""
+    tokens: list[float]
+    """Tokens each client processed per round (mean over the pilot's rounds)."""
+    ranks: list[int]
+    bytes_down: tuple[float, float]
+    """(d0, d1): download bytes ≈ d0 + d1·k."""
+    bytes_up: tuple[float, float]
+    rank_cost: float
+    """κ: per-token compute ∝ 1 + κ·k, from timed local steps."""
+    local_tokens_per_s: float
+    """This machine's training throughput at the full rank (tokens/s)."""
+    seconds: float
+
+
+def caps(config: RunConfig, system: SystemModel) -> list[int]:
+    """The largest rank each client may train: its memory cap (fleet.max_rank), at most lora.rank."""
+    return [min(p.max_rank or config.lora.rank, config.lora.rank) for p in system.profiles]
+
+
+def _update_vector(method_name: str, plan: ClientPlan, trained, rank: int) -> torch.Tensor:
+    """x_i: the client's update as one flat vector (factor space for the factor-averaging methods, else model
+    space s·(B'A' − B A) per module)."""
+    from fedlora import sketch
+
+    parts = []
+    for name, (sent_B, sent_A) in plan.factors.items():
+        new_B, new_A = trained[name]
+        if method_name in FACTOR_AVERAGING:
+            dB, dA = sketch.scatter_block(new_B - sent_B, new_A - sent_A, plan.context[name], rank)
+            parts += [dB.flatten(), dA.flatten()]
+        else:
+            parts.append((plan.scale * (new_B @ new_A - sent_B @ sent_A)).flatten())
+    return torch.cat(parts).double()
+
+
+def _fit_bytes(ranks: list[int], sizes: list[float], generic: Callable[[int], float]) -> tuple[float, float]:
+    """(c0, c1) with size ≈ c0 + c1·k: least squares over the pilot's ranks, or (one rank only) the generic
+    payload's shape scaled to the measured mean."""
+    if len(set(ranks)) >= 2:
+        c1, c0 = np.polyfit(np.asarray(ranks, float), np.asarray(sizes, float), 1)
+        return float(max(c0, 0.0)), float(max(c1, 0.0))
+    k = ranks[0]
+    g1 = generic(2) - generic(1)
+    g0 = generic(1) - g1
+    ratio = float(np.mean(sizes)) / (g0 + g1 * k)
+    return g0 * ratio, g1 * ratio
+
+
+def _time_rank(engine: InProcessEngine, client: int, shapes, rank: int, scale: float, seed: int) -> float:
+    """Seconds per token of one client's local training at ``rank`` (best of two)."""
+    from fedlora.federation import download_blob
+
+    best = math.inf
+    for rep in range(2):
+        plan = ClientPlan(client, rank, scale, init_factors(shapes, rank, torch.Generator().manual_seed(seed)))
+        plan.fresh_seed = seed + rep
+        blob = download_blob(plan, 0, seed)
+        started = time.perf_counter()
+        upload = engine.run_client(client, blob)
+        elapsed = time.perf_counter() - started
+        _, meta = payload.unpack(upload)
+        best = min(best, elapsed / max(int(meta["tokens"]), 1))
+    return best
+
+
+def run_pilot(config: RunConfig, work_dir: Path, log: Callable[[str], None] = lambda _: None) -> PilotResult:
+    """Train every client ``planner.pilot_rounds`` rounds at its largest allowed rank and measure (see module)."""
+    from fedlora.federation import aggregation_weights, download_blob, read_upload
+
+    started = time.perf_counter()
+    setup = build(config, work_dir, resume=False)
+    n, r = config.partition.num_clients, config.lora.rank
+    cap = caps(config, setup.system)
+    setup.budgets = [r] * n if config.method in FULL_RANK else cap
+    method = build_method(config, setup)
+    engine = InProcessEngine(setup.model, setup.layers, setup.client_examples, setup.training, setup.pad_id)
+    weights = aggregation_weights(config.server.weighting, [len(ex) for ex in setup.client_examples])
+
+    spreads, tokens, downs, ups = np.zeros(n), np.zeros(n), [], []
+    rounds = config.planner.pilot_rounds
+    for round_idx in range(1, rounds + 1):
+        plans = [method.plan(c, round_idx, seeding.generator(config.seed, "pilot", round_idx, c)) for c in range(n)]
+        uploads, vectors = [], []
+        for plan in plans:
+            blob = download_blob(plan, round_idx, seeding.derive_seed(config.seed, "pilot", round_idx, plan.client_id))
+            upload = engine.run_client(plan.client_id, blob)
+            trained, meta = read_upload(plan, upload)
+            uploads.append(trained)
+            vectors.append(_update_vector(config.method, plan, trained, r))
+            tokens[plan.client_id] += int(meta["tokens"]) / rounds
+            downs.append(len(blob))
+            ups.append(len(upload))
+            log(f"pilot round {round_idx}: client {plan.client_id} rank {plan.rank} loss {meta['train_loss']:.4f}")
+        mean = sum(w * v for w, v in zip(weights, vectors, strict=True))
+        signal = float(mean.square().sum())
+        for plan, v in zip(plans, vectors, strict=True):
+            sketch_share = plan.rank / r if config.method == "fslora" else 1.0  # E‖S x‖² = (r/k)‖x‖²
+            spreads[plan.client_id] += sketch_share * float(v.square().sum()) / max(signal, 1e-300) / rounds
+        method.aggregate(plans, uploads, weights)
+        update = method.pending_base_update()
+        if update is not None:
+            merge_update(setup.layers, update)
+
+    pilot_ranks = [plan.rank for plan in plans] * rounds  # same ranks every round
+
+    def generic(k: int) -> float:
+        """Bytes of a plain rank-k factor payload (the shape of every method's payload)."""
+        factors = init_factors(setup.shapes, k, torch.Generator().manual_seed(0))
+        return float(len(payload.pack(flatten_factors(factors), {"round": 1, "rank": k})))
+
+    bytes_down = _fit_bytes(pilot_ranks, downs, generic)
+    bytes_up = _fit_bytes(pilot_ranks, ups, generic)
+
+    # compute calibration: seconds per token at a small and the full rank, on the largest client
+    client = max(range(n), key=lambda c: len(setup.client_examples[c]))
+    low = max(1, min(cap))
+    low = 1 if low == r else low
+    per_token_low = _time_rank(engine, client, setup.shapes, low, config.lora.alpha / low, config.seed)
+    per_token_full = _time_rank(engine, client, setup.shapes, r, config.lora.alpha / r, config.seed + 7)
+    denom = per_token_low * r - per_token_full * low
+    rank_cost = max(0.0, (per_token_full - per_token_low) / denom) if denom > 0 else 0.0
+    log(f"calibration: {per_token_low * 1e3:.3f} ms/token at rank {low}, {per_token_full * 1e3:.3f} at rank {r}")
+    return PilotResult(
+        weights=weights,
+        spread=[float(s) for s in spreads],
+        tokens=[float(t) for t in tokens],
+        ranks=list(setup.budgets),
+        bytes_down=bytes_down,
+        bytes_up=bytes_up,
+        rank_cost=rank_cost,
+        local_tokens_per_s=1.0 / per_token_full,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def fleet_model(config: RunConfig, system: SystemModel, pilot: PilotResult) -> planner.FleetModel:
+    """The planner's view of the fleet: the config's system model plus the pilot's measurements."""
+    n, r = config.partition.num_clients, config.lora.rank
+    cap = caps(config, system)
+    if config.method in FULL_RANK:
+        k_min, k_max = [r] * n, [r] * n
+    else:
+        k_min = [config.budgets.k_min] * n
+        k_max = cap
+    wireless = system.uplink == "wireless"
+    return planner.FleetModel(
+        rank=r,
+        weights=pilot.weights,
+        spread=pilot.spread,
+        k_min=k_min,
+        k_max=k_max,
+        tokens=pilot.tokens,
+        tokens_per_s=[p.tokens_per_s for p in system.profiles],
+        rank_cost=pilot.rank_cost,
+        bytes_down=pilot.bytes_down,
+        bytes_up=pilot.bytes_up,
+        downlink_bps=[p.downlink_bps for p in system.profiles],
+        uplink_bps=None if wireless else [p.uplink_bps for p in system.profiles],
+        received_over_n0=(
+            [p.channel.tx_power_w * channel_gain(p.channel) / p.channel.noise_psd_w_per_hz for p in system.profiles]
+            if wireless
+            else None
+        ),
+        bandwidth_hz=system.bandwidth_hz if wireless else None,
+        rounds_full=config.planner.rounds_full or float(config.rounds),
+        variance_weight=config.planner.variance_weight,
+        q_min=config.planner.q_min,
+        min_participants=min_participants(config),
+    )
+
+
+def min_participants(config: RunConfig) -> float:
+    """Σ q_i must reach this: planner.min_participants, else the uniform baseline's clients_per_round."""
+    if config.planner.min_participants is not None:
+        return float(config.planner.min_participants)
+    return float(min(config.sampling.clients_per_round, config.partition.num_clients))
+
+
+def simulated_round_s(
+    system: SystemModel,
+    model: planner.FleetModel,
+    k: list[int],
+    q: list[float] | None,
+    per_round: int | None = None,
+    draws: int = 400,
+    seed: int = 0,
+) -> float:
+    """Monte Carlo E[round time] with the run's system model: independent participation with probabilities ``q``
+    (or ``per_round`` clients uniformly), payload bytes and tokens from the pilot. Empty rounds count 0 s."""
+    rng = np.random.default_rng(seed)
+    n = len(k)
+    d0, d1 = model.bytes_down
+    u0, u1 = model.bytes_up
+    total = 0.0
+    for _ in range(draws):
+        if q is not None:
+            ids = [i for i in range(n) if rng.random() < q[i]]
+        else:
+            ids = sorted(rng.choice(n, size=per_round, replace=False).tolist())
+        timing = system.round(
+            ids,
+            [k[i] for i in ids],
+            [d0 + d1 * k[i] for i in ids],
+            [u0 + u1 * k[i] for i in ids],
+            [model.tokens[i] for i in ids],
+        )
+        total += timing.round_s
+    return total / draws
+
+
+def make_plan(config: RunConfig, config_path: str, work_dir: Path, log: Callable[[str], None] = lambda _: None) -> dict:
+    """Pilot, search and policy choice; returns the plan file's content (TOML-ready)."""
+    from fedlora.setup import system_model
+
+    system = system_model(config)
+    probe = fleet_model(config, system, _placeholder_pilot(config))
+    try:
+        planner.check_feasible(probe)  # reject an infeasible fleet before spending time on the pilot
+    except planner.InfeasibleFleetError as err:
+        raise planner.InfeasibleFleetError(f"plan: {config_names(str(err))}") from None
+
+    pilot = run_pilot(config, work_dir, log)
+    model = fleet_model(config, system, pilot)
+    chosen = planner.plan_fleet(model, seed=config.seed)
+    n, r = config.partition.num_clients, config.lora.rank
+
+    policies = ["equal", "min_max"] if system.uplink == "wireless" else [system.allocation]
+    timed = {}
+    for policy in policies:
+        sys_p = SystemModel(system.profiles, r, pilot.rank_cost, system.uplink, system.bandwidth_hz, policy)
+        timed[policy] = simulated_round_s(sys_p, model, chosen.k, chosen.q, seed=config.seed)
+    policy = min(timed, key=timed.get)
+
+    # the baseline the plan is compared with: uniform sampling of clients_per_round, equal k, equal shares
+    m = min(config.sampling.clients_per_round, n)
+    k_equal = [min(model.k_max)] * n if config.method not in FULL_RANK else [r] * n
+    base = planner.uniform_baseline(model, m, k_equal)
+    sys_eq = SystemModel(system.profiles, r, pilot.rank_cost, system.uplink, system.bandwidth_hz, "equal")
+    base_round_s = simulated_round_s(sys_eq, model, k_equal, None, per_round=m, seed=config.seed)
+
+    settings: dict = {
+        "sampling.scheme": "independent",
+        "sampling.probs": [round(float(x), 6) for x in chosen.q],
+        "network.rank_cost": float(pilot.rank_cost),
+    }
+    if config.method not in FULL_RANK:
+        settings["budgets.per_client"] = [int(x) for x in chosen.k]
+    if system.uplink == "wireless":
+        settings["network.allocation"] = policy
+    return {
+        "made_for": {"config": str(config_path), "num_clients": n, "method": config.method, "rank": r},
+        "settings": settings,
+        "prediction": {
+            "rounds": chosen.rounds,
+            "round_s_model": chosen.round_s,
+            "round_s": timed[policy],
+            "round_s_by_policy": timed,
+            "wallclock_s": chosen.rounds * timed[policy],
+            "baseline": {
+                "description": f"uniform sampling of {m} clients, k = {k_equal[0]} for all, equal shares",
+                "rounds": base.rounds,
+                "round_s": base_round_s,
+                "wallclock_s": base.rounds * base_round_s,
+            },
+            "client_s": chosen.client_s,
+        },
+        "pilot": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(pilot).items()},
+    }
+
+
+CONFIG_NAMES = {
+    "FleetModel.k_max": "fleet.max_rank",
+    "FleetModel.k_min": "budgets.k_min",
+    "FleetModel.min_participants": "planner.min_participants",
+    "FleetModel.q_min": "planner.q_min",
+    "FleetModel.received_over_n0": "fleet.distance_m / fleet.tx_power_dbm",
+}
+
+
+def config_names(message: str) -> str:
+    """The planner's message with its FleetModel field names replaced by the config keys behind them."""
+    for field, key in CONFIG_NAMES.items():
+        message = message.replace(field, key)
+    return message
+
+
+def _placeholder_pilot(config: RunConfig) -> PilotResult:
+    """Neutral measurements, only for checking feasibility before the pilot runs."""
+    n = config.partition.num_clients
+    return PilotResult([1.0 / n] * n, [1.0] * n, [1.0] * n, [1] * n, (0.0, 1.0), (0.0, 1.0), 0.0, 1.0, 0.0)
