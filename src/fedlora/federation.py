@@ -17,6 +17,7 @@ import torch
 from fedlora import __version__, payload, rundir, seeding
 from fedlora.client.app import install_adapter
 from fedlora.config import RunConfig, dump_config
+from fedlora.engines.base import Engine
 from fedlora.engines.inprocess import InProcessEngine
 from fedlora.errors import CheckpointError
 from fedlora.evaluation.heldout import evaluate_heldout
@@ -163,15 +164,24 @@ def _totals(records: list[dict]) -> dict:
     }
 
 
-def run(config: RunConfig, run_dir: Path, resume: bool = False, reporter: Reporter | None = None) -> dict:
-    """Run (or resume) a federation into ``run_dir``; returns the summary written to summary.json."""
+def run(
+    config: RunConfig,
+    run_dir: Path,
+    resume: bool = False,
+    reporter: Reporter | None = None,
+    engine: Engine | None = None,
+) -> dict:
+    """Run (or resume) a federation into ``run_dir``; returns the summary written to summary.json.
+
+    ``engine`` carries the clients' payloads (default: in this process, on the server's model)."""
     reporter = reporter or SilentReporter()
     run_dir.mkdir(parents=True, exist_ok=True)
     if not resume and (run_dir / rundir.CHECKPOINT_DIR).exists():
         raise CheckpointError(f"{run_dir}: already holds a run; use --resume {run_dir} or another --out")
     setup = build(config, run_dir, resume)
     method = build_method(config, setup)
-    engine = InProcessEngine(setup.model, setup.layers, setup.client_examples, setup.training, setup.pad_id)
+    if engine is None:
+        engine = InProcessEngine(setup.model, setup.layers, setup.client_examples, setup.training, setup.pad_id)
     num_examples = [len(examples) for examples in setup.client_examples]
 
     # ---------------------------------------------------------------- start or resume
@@ -212,8 +222,8 @@ def run(config: RunConfig, run_dir: Path, resume: bool = False, reporter: Report
 
         # ---------------------------------------------------------------- run clients
         uploads, metas = [], []
-        for plan, blob in zip(plans, downloads, strict=True):
-            upload = engine.run_client(plan.client_id, blob)
+        jobs = [(plan.client_id, blob) for plan, blob in zip(plans, downloads, strict=True)]
+        for plan, upload in zip(plans, engine.run_clients(jobs), strict=True):
             factors, meta = read_upload(plan, upload)
             uploads.append(factors)
             metas.append(meta)

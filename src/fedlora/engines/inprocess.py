@@ -6,7 +6,7 @@ state, whatever the number of clients.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 from torch import nn
 
@@ -29,6 +29,11 @@ class InProcessEngine:
         self.client_examples = client_examples
         self.training = training
         self.pad_id = pad_id
+
+    def run_clients(self, jobs: list[tuple[int, bytes]]) -> Iterator[bytes]:
+        """One client after another (lazily, so progress can be reported as each finishes)."""
+        for client_id, download in jobs:
+            yield self.run_client(client_id, download)
 
     def run_client(self, client_id: int, download: bytes) -> bytes:
         """Run one client's round on its own shard; returns its upload blob."""
