@@ -16,7 +16,13 @@ k = k_max) is predicted to take (full/plan). Every instance is then solved again
 have Σ q ≥ N/2); ``--participants F`` uses m = F·N instead. The table's right part gives m, that planner's J
 over constrained brute force's (m ratio), the planner's time, and how much the constraint costs at the optimum
 (brute force with m over without; 1.000 where it does not bind). The last lines time ``plan_fleet`` without
-grids on one --large-clients fleet, without the constraint and with m = N/2 and m = 0.8·N (which binds).
+grids on one --large-clients fleet, without the constraint and with m = N/2 and m = 0.8·N (which binds), then
+with β, without the constraint and with m = 0.8·N.
+
+Every instance is also solved with the rank exponent β = --rank-exponent (default 1, the Adam-like value; 0 skips
+it): the rounds surrogate divided by the step fraction s(k) = Σ_i a_i (k_i / r)^β. The columns after the second
+bar give the planner's J over brute force's with that β, without and with its own active m (chosen as above from
+the β optimum), and the β plan's k; the summary gives worst and mean ratios for those instances too.
 
 Run: ``python benchmarks/planner.py`` (defaults: 40 instances, up to 4 clients; ≈ 7 s on 2 cores).
 """
@@ -92,6 +98,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="min_participants of the constrained runs as a fraction of N (default: halfway between the "
         "unconstrained optimum's sum of q and N, so that it binds)",
     )
+    ap.add_argument(
+        "--rank-exponent",
+        type=float,
+        default=1.0,
+        help="rank exponent β of the extra instances (the same fleets with FleetModel.rank_exponent = β; 0: none)",
+    )
     args = ap.parse_args(argv)
 
     print(
@@ -104,9 +116,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     header = f"{'#':>3s} {'N':>2s} {'planner J s':>12s} {'brute J s':>12s} {'ratio':>7s} {'plan ms':>8s}"
     header += f" {'brute ms':>9s} {'full/plan':>9s} | {'m':>5s} {'m ratio':>7s} {'m ms':>7s} {'m cost':>7s}"
-    print(f"{header}  plan k / q (with m: q)")
+    beta = args.rank_exponent
+    if beta:
+        header += f" | {'β ratio':>7s} {'β m rat':>7s}"
+    print(f"{header}  plan k / q (with m: q){' (β: k)' if beta else ''}")
     rng = np.random.default_rng(args.seed)
     ratios, plan_times, brute_times, m_ratios, m_times, m_costs = [], [], [], [], [], []
+    b_ratios: list[float] = []
+    b_m_ratios: list[float] = []
     for i in range(args.instances):
         n = int(rng.integers(2, args.max_clients + 1))
         model = random_fleet(n, args.seed * 1_000_003 + i)
@@ -126,14 +143,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         m_ratios.append(m_plan.objective / m_best.objective)
         m_times.append(m_plan_s)
         m_costs.append(m_best.objective / best.objective)
-        print(
+        row = (
             f"{i:3d} {n:2d} {plan.objective:12.1f} {best.objective:12.1f} {ratio:7.4f} {plan_s * 1e3:8.1f} "
             f"{brute_s * 1e3:9.1f} {full / plan.objective:9.2f} | {m:5.2f} "
-            f"{m_ratios[-1]:7.4f} {m_plan_s * 1e3:7.1f} {m_costs[-1]:7.3f}  {_fmt(plan.k)} / {_fmt(plan.q)} "
-            f"(q {_fmt(m_plan.q)})"
+            f"{m_ratios[-1]:7.4f} {m_plan_s * 1e3:7.1f} {m_costs[-1]:7.3f}"
         )
+        tail = f"  {_fmt(plan.k)} / {_fmt(plan.q)} (q {_fmt(m_plan.q)})"
+        if beta:  # the same fleet with the rank exponent, without and with its own active m
+            b_model = replace(model, rank_exponent=beta)
+            b_best = brute_force(b_model, K_GRID, Q_GRID)
+            b_plan = plan_fleet(b_model, k_grid=K_GRID, q_grid=Q_GRID)
+            b_m = (sum(b_best.q) + n) / 2 if args.participants is None else args.participants * n
+            b_constrained = replace(b_model, min_participants=b_m)
+            b_m_plan = plan_fleet(b_constrained, k_grid=K_GRID, q_grid=Q_GRID)
+            evaluate(b_constrained, b_m_plan.k, b_m_plan.q)
+            b_ratios.append(b_plan.objective / b_best.objective)
+            b_m_ratios.append(b_m_plan.objective / brute_force(b_constrained, K_GRID, Q_GRID).objective)
+            row += f" | {b_ratios[-1]:7.4f} {b_m_ratios[-1]:7.4f}"
+            tail += f" (β: {_fmt(b_plan.k)})"
+        print(row + tail)
     m_label = "active m" if args.participants is None else f"m = {args.participants:g}·N"
-    for label, values in (("min_participants = 0", ratios), (f"min_participants: {m_label}", m_ratios)):
+    summaries = [("min_participants = 0", ratios), (f"min_participants: {m_label}", m_ratios)]
+    if beta:
+        summaries += [(f"β = {beta:g}, min_participants = 0", b_ratios), (f"β = {beta:g}, {m_label}", b_m_ratios)]
+    for label, values in summaries:
         exact = sum(r <= 1 + 1e-9 for r in values)
         print(
             f"{label}: ratio planner / brute force: worst {max(values):.4f}, mean {statistics.fmean(values):.4f}, "
@@ -153,13 +186,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.large_clients:
         n = args.large_clients
         model = random_fleet(n, args.seed + 7)
-        for m in (0.0, n / 2, 0.8 * n):
-            seconds, plan = _timed(plan_fleet, replace(model, min_participants=m))
+        runs = [(0.0, 0.0), (n / 2, 0.0), (0.8 * n, 0.0)] + ([(0.0, beta), (0.8 * n, beta)] if beta else [])
+        for m, b in runs:
+            seconds, plan = _timed(plan_fleet, replace(model, min_participants=m, rank_exponent=b))
             print(
-                f"plan_fleet without grids, N = {n}, min_participants = {m:g}: {seconds:.2f} s, "
+                f"plan_fleet without grids, N = {n}, min_participants = {m:g}{f', β = {b:g}' if b else ''}: "
+                f"{seconds:.2f} s, "
                 f"J = {plan.objective:.1f} s, Σ q = {sum(plan.q):.3f}, mean k = {statistics.fmean(plan.k):.1f}"
             )
-    return 0 if max(ratios) <= TARGET and max(m_ratios) <= TARGET else 1
+    return 0 if max(ratios + m_ratios + b_ratios + b_m_ratios) <= TARGET else 1
 
 
 if __name__ == "__main__":

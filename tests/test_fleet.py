@@ -243,3 +243,13 @@ def test_plan_rejects_an_infeasible_fleet(tmp_path, overrides, words):
     message = result.stderr.strip()
     assert all(w in message for w in words) and "\n" not in message
     assert not (tmp_path / "p.toml").exists()
+
+
+def test_rank_exponent_from_projections():
+    from fedlora.planning import rank_exponent
+
+    # a rank-4 slice of rank 16 that keeps a quarter of the update (Adam-like) is β = 1; all of it (unbiased) β = 0
+    assert rank_exponent([0.25, 0.25], [1.0, 1.0], [0.25, 0.25], [0.5, 0.5]) == pytest.approx(1.0)
+    assert rank_exponent([2.0], [2.0], [0.25], [1.0]) == pytest.approx(0.0)
+    assert rank_exponent([], [], [], []) == 0.0 and rank_exponent([-1.0], [1.0], [0.25], [1.0]) == 0.0
+    assert rank_exponent([1e-9], [1.0], [0.25], [1.0]) == 2.0  # clipped

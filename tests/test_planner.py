@@ -153,9 +153,9 @@ def test_wireless_times_use_equal_share_of_expected_participants():
     assert expected_round_s(model, k, q) == pytest.approx(expected_max_time(expected, q), rel=1e-12)
 
 
-@pytest.mark.parametrize("wireless", [False, True])
-def test_gradient_matches_finite_differences(wireless):
-    model = random_fleet(5, seed=3, wireless=wireless)
+@pytest.mark.parametrize(("wireless", "beta"), [(False, 0.0), (True, 0.0), (False, 1.0), (True, 0.6), (True, 1.7)])
+def test_gradient_matches_finite_differences(wireless, beta):
+    model = replace(random_fleet(5, seed=3, wireless=wireless), rank_exponent=beta)
     f = planner._arrays(model)
     rng = np.random.default_rng(0)
     k, q = rng.uniform(1, 4, 5), rng.uniform(0.1, 1, 5)
@@ -168,6 +168,64 @@ def test_gradient_matches_finite_differences(wireless):
         dq = (planner._objective_batch(f, k, q + e) - planner._objective_batch(f, k, q - e)) / (2 * eps)
         assert grad_k[i] == pytest.approx(dk, rel=1e-5, abs=1e-6 * abs(value))
         assert grad_q[i] == pytest.approx(dq, rel=1e-5, abs=1e-6 * abs(value))
+
+
+def test_rank_exponent_hand_computed():
+    # the plan of test_evaluate_hand_computed with β = 1: s = 0.5·(2/4) + 0.5·(1/4) = 0.375, R = 21.25 / 0.375
+    model = two_clients(rank_exponent=1.0)
+    plan = evaluate(model, [2, 1], [0.5, 1.0])
+    assert plan.rounds == pytest.approx(21.25 / 0.375, rel=1e-12)
+    assert plan.round_s == pytest.approx(11.875, rel=1e-12)  # E[T] does not depend on β
+    assert plan.objective == pytest.approx(21.25 / 0.375 * 11.875, rel=1e-12)
+    # β = 2: s = 0.5·0.25 + 0.5·0.0625
+    assert predicted_rounds(two_clients(rank_exponent=2.0), [2, 1], [0.5, 1.0]) == pytest.approx(21.25 / 0.15625)
+    for beta in (0.5, 1.0, 2.0):  # s = 1 at k = r: R0 at full rank and full participation
+        model = two_clients(rank_exponent=beta, k_max=[4, 4])
+        assert predicted_rounds(model, [4, 4], [1.0, 1.0]) == pytest.approx(10.0, rel=1e-12)
+        assert uniform_baseline(model, 1, [2, 1]).objective == pytest.approx(objective(model, [2, 1], [0.5, 0.5]))
+        assert uniform_baseline(model, 1, [2, 1]).rounds > uniform_baseline(two_clients(), 1, [2, 1]).rounds
+
+
+def test_rank_exponent_zero_keeps_previous_plans_exactly():
+    # plans computed before rank_exponent existed (same fleet, restarts=2), bit for bit
+    model = random_fleet(4, seed=2, wireless=True)
+    assert model.rank_exponent == 0.0
+    before_grid = ([8, 4, 2, 2], [0.1, 0.25, 1.0, 0.5], 8606.434412993141)
+    before = ([16, 4, 2, 2], [0.05, 0.1553613096324829, 1.0, 0.43423642205272606], 8153.848925394529)
+    fleet = replace(model, rank_exponent=0.0)
+    grid = plan_fleet(fleet, k_grid=K_GRID, q_grid=Q_GRID, restarts=2)
+    assert (grid.k, grid.q, grid.objective) == before_grid
+    plan = plan_fleet(fleet, restarts=2)
+    assert (plan.k, plan.q, plan.objective) == before
+    # and the hand-computed surrogate, exactly
+    assert predicted_rounds(two_clients(rank_exponent=0.0), [2, 1], [0.5, 1.0]) == 10.0 * (1 + 0.5 * 2.25)
+
+
+def test_rank_exponent_makes_the_planner_keep_larger_sketches():
+    # uploads dominate (a full-rank upload takes ≈ 15–60 s, compute 10–50 s) and Σ q ≥ 3 keeps clients in the
+    # rounds, so β = 0 shrinks the sketches of the slow uplinks; with β > 0 small sketches also cost step size
+    kw = dict(
+        rank=16,
+        weights=[0.25] * 4,
+        spread=[2.0] * 4,
+        k_min=[1] * 4,
+        k_max=[16] * 4,
+        tokens=[5000.0] * 4,
+        tokens_per_s=[500.0, 500.0, 250.0, 100.0],
+        rank_cost=0.001,
+        bytes_down=(1e4, 460_800.0),
+        bytes_up=(1e4, 460_800.0),
+        downlink_bps=[50e6] * 4,
+        uplink_bps=[4e6, 2e6, 4e6, 1e6],
+        rounds_full=200.0,
+        variance_weight=0.3,
+        min_participants=3.0,
+    )
+    for grids in ({}, {"k_grid": K_GRID, "q_grid": Q_GRID}):
+        plain, adam = (plan_fleet(FleetModel(**kw, rank_exponent=beta), restarts=2, **grids) for beta in (0.0, 1.0))
+        assert min(plain.k) < 16  # uploads matter: β = 0 shrinks some sketches
+        assert all(b >= a for a, b in zip(plain.k, adam.k, strict=True))
+        assert sum(adam.k) > sum(plain.k)
 
 
 # --- the planner ------------------------------------------------------------------------------------------------
@@ -190,9 +248,11 @@ def test_plan_respects_constraints_with_and_without_grids(wireless):
     q_min=st.sampled_from([0.05, 0.3, 1.0]),
     grids=st.booleans(),
     participants=st.floats(0.0, 1.0),
+    beta=st.floats(0.0, 2.0),
 )
-def test_plan_respects_constraints_property(n, seed, wireless, q_min, grids, participants):
-    model = replace(random_fleet(n, seed, wireless, q_min), min_participants=participants * n)  # m ∈ [0, N]
+def test_plan_respects_constraints_property(n, seed, wireless, q_min, grids, participants, beta):
+    model = random_fleet(n, seed, wireless, q_min)
+    model = replace(model, min_participants=participants * n, rank_exponent=beta)  # m ∈ [0, N]
     k_grid = K_GRID + [2] if grids else None  # a repeated value is fine
     q_grid = Q_GRID if grids and q_min < 1 else None
     plan = plan_fleet(model, k_grid=k_grid, q_grid=q_grid, restarts=2)
@@ -213,9 +273,10 @@ def test_plan_beats_obvious_candidates(seed, wireless):
         assert plan.objective <= baseline.objective * (1 + 1e-9)
 
 
+@pytest.mark.parametrize("beta", [0.0, 1.0])
 @pytest.mark.parametrize("seed", range(6))
-def test_plan_within_two_percent_of_brute_force(seed):
-    model = random_fleet(3, seed, wireless=seed % 2 == 0)
+def test_plan_within_two_percent_of_brute_force(seed, beta):
+    model = replace(random_fleet(3, seed, wireless=seed % 2 == 0), rank_exponent=beta)
     best = brute_force(model, K_GRID, Q_GRID)
     plan = plan_fleet(model, k_grid=K_GRID, q_grid=Q_GRID)
     assert_allowed(model, best, K_GRID, Q_GRID)
@@ -431,6 +492,9 @@ def test_infeasible_q_min_and_dead_uplink():
         ({"min_participants": -0.5}, "min_participants"),
         ({"min_participants": math.inf}, "min_participants"),
         ({"min_participants": "many"}, "min_participants"),
+        ({"rank_exponent": -0.5}, "rank_exponent"),
+        ({"rank_exponent": math.nan}, "rank_exponent"),
+        ({"rank_exponent": math.inf}, "rank_exponent"),
     ],
 )
 def test_bad_fleet_model_names_the_field(overrides, field):

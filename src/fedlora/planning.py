@@ -54,6 +54,8 @@ class PilotResult:
     bytes_up: tuple[float, float]
     rank_cost: float
     """κ: per-token compute ∝ 1 + κ·k, from timed local steps."""
+    rank_exponent: float
+    """β: a rank-k slice's expected update is ≈ (k / k_full)^β of the full-rank one (0: unbiased sketch)."""
     local_tokens_per_s: float
     """This machine's training throughput at the full rank (tokens/s)."""
     seconds: float
@@ -110,6 +112,35 @@ def _time_rank(engine: InProcessEngine, client: int, shapes, rank: int, scale: f
     return best
 
 
+def _low_rank_dot(config, method, engine, plan: ClientPlan, full: torch.Tensor, k_lo: int) -> float | None:
+    """⟨x_i(k_lo), x_i(k_i)⟩: the client trains a rank-k_lo slice from the same global as its full-rank ``plan``
+    (None when it cannot: FedIT / FFA-LoRA always train the full rank, or k_i ≤ k_lo)."""
+    from fedlora.federation import download_blob, read_upload
+
+    if config.method in FULL_RANK or getattr(method, "budgets", None) is None or plan.rank <= k_lo:
+        return None
+    saved = method.budgets[plan.client_id]
+    method.budgets[plan.client_id] = k_lo
+    try:
+        low = method.plan(plan.client_id, 1, seeding.generator(config.seed, "pilot", 0, plan.client_id))
+    finally:
+        method.budgets[plan.client_id] = saved
+    blob = download_blob(low, 1, seeding.derive_seed(config.seed, "pilot", 1, plan.client_id))
+    trained, _ = read_upload(low, engine.run_client(plan.client_id, blob))
+    return float(_update_vector(config.method, low, trained, config.lora.rank) @ full)
+
+
+def rank_exponent(dots: list[float], norms: list[float], ratios: list[float], weights: list[float]) -> float:
+    """β in E[x_i(k)] ≈ (k / k_i)^β · x_i(k_i), from clients that trained both a rank-k slice and their full rank:
+    β = log(Σ a_i ⟨x_i(k), x_i(k_i)⟩ / Σ a_i ‖x_i(k_i)‖²) / log(mean k / k_i), clipped to [0, 2]; 0 (the unbiased
+    sketch) when nothing was measured."""
+    dot = sum(a * d for a, d in zip(weights, dots, strict=True))
+    norm = sum(a * v for a, v in zip(weights, norms, strict=True))
+    if not ratios or norm <= 0 or dot <= 0:
+        return 0.0
+    return float(min(max(math.log(dot / norm) / math.log(float(np.mean(ratios))), 0.0), 2.0))
+
+
 def run_pilot(config: RunConfig, work_dir: Path, log: Callable[[str], None] = lambda _: None) -> PilotResult:
     """Train every client ``planner.pilot_rounds`` rounds at its largest allowed rank and measure (see module)."""
     from fedlora.federation import aggregation_weights, download_blob, read_upload
@@ -124,29 +155,43 @@ def run_pilot(config: RunConfig, work_dir: Path, log: Callable[[str], None] = la
     weights = aggregation_weights(config.server.weighting, [len(ex) for ex in setup.client_examples])
 
     spreads, tokens, downs, ups = np.zeros(n), np.zeros(n), [], []
+    k_lo = max(config.budgets.k_min, r // 4)
+    dots, dot_norms, ratios, dot_weights = [], [], [], []
     rounds = config.planner.pilot_rounds
     for round_idx in range(1, rounds + 1):
         plans = [method.plan(c, round_idx, seeding.generator(config.seed, "pilot", round_idx, c)) for c in range(n)]
-        uploads, vectors = [], []
-        for plan in plans:
+        uploads, norms, mean = [], [], None
+        for plan, a in zip(plans, weights, strict=True):
             blob = download_blob(plan, round_idx, seeding.derive_seed(config.seed, "pilot", round_idx, plan.client_id))
             upload = engine.run_client(plan.client_id, blob)
             trained, meta = read_upload(plan, upload)
             uploads.append(trained)
-            vectors.append(_update_vector(config.method, plan, trained, r))
+            x = _update_vector(config.method, plan, trained, r)  # one vector at a time: model space can be large
+            norms.append(float(x @ x))
+            mean = a * x if mean is None else mean.add_(x, alpha=a)
+            if round_idx == 1:
+                dot = _low_rank_dot(config, method, engine, plan, x, k_lo)
+                if dot is not None:
+                    dots.append(dot)
+                    dot_norms.append(norms[-1])
+                    ratios.append(k_lo / plan.rank)
+                    dot_weights.append(a)
+            del x
             tokens[plan.client_id] += int(meta["tokens"]) / rounds
             downs.append(len(blob))
             ups.append(len(upload))
             log(f"pilot round {round_idx}: client {plan.client_id} rank {plan.rank} loss {meta['train_loss']:.4f}")
-        mean = sum(w * v for w, v in zip(weights, vectors, strict=True))
-        signal = float(mean.square().sum())
-        for plan, v in zip(plans, vectors, strict=True):
+        signal = float(mean @ mean)
+        for plan, norm in zip(plans, norms, strict=True):
             sketch_share = plan.rank / r if config.method == "fslora" else 1.0  # E‖S x‖² = (r/k)‖x‖²
-            spreads[plan.client_id] += sketch_share * float(v.square().sum()) / max(signal, 1e-300) / rounds
+            spreads[plan.client_id] += sketch_share * norm / max(signal, 1e-300) / rounds
         method.aggregate(plans, uploads, weights)
         update = method.pending_base_update()
         if update is not None:
             merge_update(setup.layers, update)
+    beta = rank_exponent(dots, dot_norms, ratios, dot_weights)
+    if ratios:
+        log(f"pilot: rank-{k_lo} slices move {sum(dots) / sum(dot_norms):.3f} of the full-rank update: β = {beta:.3f}")
 
     pilot_ranks = [plan.rank for plan in plans] * rounds  # same ranks every round
 
@@ -175,6 +220,7 @@ def run_pilot(config: RunConfig, work_dir: Path, log: Callable[[str], None] = la
         bytes_down=bytes_down,
         bytes_up=bytes_up,
         rank_cost=rank_cost,
+        rank_exponent=beta,
         local_tokens_per_s=1.0 / per_token_full,
         seconds=time.perf_counter() - started,
     )
@@ -213,6 +259,7 @@ def fleet_model(config: RunConfig, system: SystemModel, pilot: PilotResult) -> p
         variance_weight=config.planner.variance_weight,
         q_min=config.planner.q_min,
         min_participants=min_participants(config),
+        rank_exponent=pilot.rank_exponent,
     )
 
 
@@ -334,4 +381,4 @@ def config_names(message: str) -> str:
 def _placeholder_pilot(config: RunConfig) -> PilotResult:
     """Neutral measurements, only for checking feasibility before the pilot runs."""
     n = config.partition.num_clients
-    return PilotResult([1.0 / n] * n, [1.0] * n, [1.0] * n, [1] * n, (0.0, 1.0), (0.0, 1.0), 0.0, 1.0, 0.0)
+    return PilotResult([1.0 / n] * n, [1.0] * n, [1.0] * n, [1] * n, (0.0, 1.0), (0.0, 1.0), 0.0, 0.0, 1.0, 0.0)

@@ -22,9 +22,13 @@ The number of rounds to converge follows the shape of the convergence bound: it 
 the unbiased estimator Σ_{i∈S} (a_i / q_i)·S_i·Δ_i relative to the full-information update, where the FSLoRA
 sketch has E‖S_i x‖² = (r / k_i)·‖x‖²:
 
-    R(k, q) = R0·(1 + θ·Σ_i a_i²·ρ_i·(r / (k_i·q_i) − 1))
+    R(k, q) = R0·(1 + θ·Σ_i a_i²·ρ_i·(r / (k_i·q_i) − 1)) / s(k),     s(k) = Σ_i a_i·(k_i / r)^β
 
-with ρ_i = E‖Δ_i‖² / ‖Σ_j a_j Δ_j‖² from a pilot run (R = R0 at full rank, full participation). The planner
+with ρ_i = E‖Δ_i‖² / ‖Σ_j a_j Δ_j‖² from a pilot run (R = R0 at full rank, full participation). s(k) is the
+expected fraction of a full-rank step the round's aggregate makes: with Adam, a client training a rank-k block
+of the rank-r adapter moves only ≈ k/r of the coordinates by a normal-sized step, so its expected update is
+≈ (k/r)^β times its full-rank one (β = ``rank_exponent``, ≈ 1 for Adam, measured by the pilot; β = 0 is the
+unbiased case, s = 1, where R is the bound-shaped variance term alone). The planner
 minimises the predicted time to converge
 
     J(k, q) = R(k, q)·E[T](k, q)
@@ -104,6 +108,10 @@ class FleetModel:
     estimator's noise, but runs apply the (a_i / q_i)-weighted update at a fixed server learning rate, so plans
     whose rounds are mostly empty or hold one heavily weighted client do not behave as predicted; m rules them
     out. 0 (the default): no constraint beyond q_min.
+    rank_exponent: β ≥ 0, how a rank-k client's expected update shrinks relative to its full-rank one,
+    ≈ (k/r)^β (Adam normalises step sizes per coordinate, so a rank-k block moves ≈ k/r of the coordinates: β ≈ 1;
+    plain SGD with the r/k sketch scale is unbiased: β = 0). The rounds surrogate is divided by the expected
+    step fraction s(k) = Σ_i a_i (k_i/r)^β (1 at k = r). 0 (the default): R exactly as without the term.
 
     Values that make the fleet infeasible rather than malformed (k_max < k_min, q_min outside (0, 1],
     received_over_n0 ≤ 0, min_participants > N) pass here and are reported by ``check_feasible``.
@@ -127,6 +135,7 @@ class FleetModel:
     variance_weight: float = 1.0
     q_min: float = 0.05
     min_participants: float = 0.0
+    rank_exponent: float = 0.0
 
     def __post_init__(self) -> None:
         rank = _integer("rank", self.rank)
@@ -159,6 +168,7 @@ class FleetModel:
             object.__setattr__(self, name, _number(name, getattr(self, name), lower, strict))
         object.__setattr__(self, "q_min", _number("q_min", self.q_min, None, False))
         object.__setattr__(self, "min_participants", _number("min_participants", self.min_participants, 0.0, False))
+        object.__setattr__(self, "rank_exponent", _number("rank_exponent", self.rank_exponent, 0.0, False))
         self._check_uplink(n)
 
     def _check_uplink(self, n: int) -> None:
@@ -255,6 +265,8 @@ class _Arrays:
     bandwidth: float  # wireless B, Hz (0 for fixed links)
     rounds_full: float
     theta: float
+    beta: float  # rank exponent β (0: no step-fraction term)
+    share: np.ndarray  # a_i / Σ_j a_j, the weights of s(k) (so that s(r) = 1 exactly up to rounding)
 
 
 def _arrays(model: FleetModel) -> _Arrays:
@@ -276,6 +288,8 @@ def _arrays(model: FleetModel) -> _Arrays:
         bandwidth=float(model.bandwidth_hz or 0.0),
         rounds_full=model.rounds_full,
         theta=model.variance_weight,
+        beta=model.rank_exponent,
+        share=a / a.sum(),
     )
 
 
@@ -298,9 +312,15 @@ def _times(f: _Arrays, k: np.ndarray, q: np.ndarray) -> np.ndarray:
     return f.fixed0 + f.fixed1 * k + upload
 
 
+def _step_fraction(f: _Arrays, k: np.ndarray) -> np.ndarray:
+    """s(k) = Σ_i a_i (k_i / r)^β, the expected fraction of a full-rank step the aggregate makes, shape (…)."""
+    return (f.share * (k / f.rank) ** f.beta).sum(axis=-1)
+
+
 def _rounds(f: _Arrays, k: np.ndarray, q: np.ndarray) -> np.ndarray:
-    """R(k, q) = R0·(1 + θ·Σ_i a_i² ρ_i (r / (k_i q_i) − 1)), shape (…)."""
-    return f.rounds_full * (1 + f.theta * (f.variance * (f.rank / (k * q) - 1)).sum(axis=-1))
+    """R(k, q) = R0·(1 + θ·Σ_i a_i² ρ_i (r / (k_i q_i) − 1)) / s(k), shape (…); no division when β = 0."""
+    rounds = f.rounds_full * (1 + f.theta * (f.variance * (f.rank / (k * q) - 1)).sum(axis=-1))
+    return rounds if f.beta == 0 else rounds / _step_fraction(f, k)
 
 
 def _expected_max(t: np.ndarray, q: np.ndarray) -> np.ndarray:
@@ -325,7 +345,9 @@ def _objective_grad(f: _Arrays, k: np.ndarray, q: np.ndarray) -> tuple[float, np
     maximum over positions ≥ m given that nobody before m joined. So ∂E/∂t_m = P_m q_m and
     ∂E/∂q_m = P_m (t_m − V_{m+1}) with P_m = Π_{l<m} (1 − q_l) (the order held fixed: E is continuous where
     times tie, its gradient one-sided there). Wireless times also depend on the other clients' q through
-    b_i = B / (1 + Σ_{j≠i} q_j): ∂t_i/∂q_j = L_i·r_i'(b_i)·b_i² / (B·r_i²) for j ≠ i.
+    b_i = B / (1 + Σ_{j≠i} q_j): ∂t_i/∂q_j = L_i·r_i'(b_i)·b_i² / (B·r_i²) for j ≠ i. With β > 0,
+    R = R0·V / s: ∂R/∂k_i = R0·(∂V/∂k_i) / s − R·(∂s/∂k_i) / s with ∂s/∂k_i = a_i·β·k_i^(β−1) / r^β, and
+    ∂R/∂q_i = R0·(∂V/∂q_i) / s.
     """
     n = k.shape[0]
     rate, b = _uplink_rate(f, q)
@@ -349,8 +371,15 @@ def _objective_grad(f: _Arrays, k: np.ndarray, q: np.ndarray) -> tuple[float, np
         de_dq = de_dq + weighted.sum() - weighted
     expected = later[0]
     rounds = float(_rounds(f, k, q))
-    scale = f.rounds_full * f.theta * f.variance * f.rank / (k * q)  # −∂R/∂k·k = −∂R/∂q·q
-    grad_k = -scale / k * expected + rounds * de_dt * dt_dk
+    scale = f.rounds_full * f.theta * f.variance * f.rank / (k * q)  # −∂R/∂k·k = −∂R/∂q·q (before / s)
+    if f.beta == 0:
+        grad_k = -scale / k * expected + rounds * de_dt * dt_dk
+    else:
+        power = f.share * (k / f.rank) ** f.beta  # a_i (k_i / r)^β
+        step = power.sum()  # s(k)
+        scale = scale / step
+        ds_dk = f.beta * power / k  # a_i β k_i^(β−1) / r^β
+        grad_k = -(scale / k + rounds * ds_dk / step) * expected + rounds * de_dt * dt_dk
     grad_q = -scale / q * expected + rounds * de_dq
     return rounds * expected, grad_k, grad_q
 
@@ -405,7 +434,8 @@ def expected_round_s(model: FleetModel, k: Sequence[float], q: Sequence[float]) 
 
 
 def predicted_rounds(model: FleetModel, k: Sequence[float], q: Sequence[float]) -> float:
-    """R(k, q) = R0·(1 + θ·Σ_i a_i² ρ_i (r / (k_i q_i) − 1)), rounds to converge (R0 at k = r, q = 1)."""
+    """R(k, q) = R0·(1 + θ·Σ_i a_i² ρ_i (r / (k_i q_i) − 1)) / s(k), s(k) = Σ_i a_i (k_i / r)^β, rounds to converge
+    (R0 at k = r, q = 1)."""
     kk, qq = _point(model, k, q)
     return float(_rounds(_arrays(model), kk, qq))
 
