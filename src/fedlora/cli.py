@@ -59,9 +59,10 @@ class RichReporter:
 
 
 def resume_config(run_dir: Path, config: Path | None, overrides: list[str]):
-    """The config to resume with: the run's resolved config, with overrides; only ``rounds`` may change.
+    """The config to resume with: the run's resolved config, with overrides; only ``rounds`` (and the engine:
+    ``engine``, ``[flower]``) may change.
 
-    A CONFIG given with --resume must resolve to the same config (again except ``rounds``).
+    A CONFIG given with --resume must resolve to the same config (again except those).
     """
     from fedlora import rundir
     from fedlora.config import load_config
@@ -71,8 +72,8 @@ def resume_config(run_dir: Path, config: Path | None, overrides: list[str]):
         raise FedloraError(f"{run_dir}: not a fedlora run folder ({resolved} is missing)")
     original = load_config(resolved)
     wanted = load_config(config, overrides) if config is not None else load_config(resolved, overrides)
-    a = original.model_dump(exclude={"rounds"})
-    b = wanted.model_dump(exclude={"rounds"})
+    a = original.model_dump(exclude={"rounds", "engine", "flower"})  # the engine does not change the results
+    b = wanted.model_dump(exclude={"rounds", "engine", "flower"})
     if a != b:
         field = _first_difference(a, b)
         raise FedloraError(f"--resume {run_dir}: config differs from {resolved} at {field}; only rounds may change")
@@ -86,6 +87,24 @@ def _first_difference(a: dict, b: dict, prefix: str = "") -> str:
                 return _first_difference(a[key], b[key], f"{prefix}{key}.")
             return f"{prefix}{key}"
     return prefix.rstrip(".") or "?"
+
+
+def _run_on_engine(cfg, run_dir: Path, resume: bool, reporter) -> dict:
+    """``federation.run`` on the configured engine (``engine = "inprocess" | "flower-sim"``)."""
+    if cfg.engine == "flower":
+        raise FedloraError(
+            "engine=flower is a Flower federation: start it with `flwr run flower/ SUPERLINK` (docs/flower.md); "
+            "engine=flower-sim simulates one on this machine"
+        )
+    if cfg.engine == "flower-sim":
+        try:
+            from fedlora.engines.flower.simulation import run_simulation
+        except ImportError as err:
+            raise FedloraError(f"engine=flower-sim needs Flower: pip install 'fedlora[flower]' ({err})") from None
+        return run_simulation(cfg, run_dir, resume=resume, reporter=reporter)
+    from fedlora import federation
+
+    return federation.run(cfg, run_dir, resume=resume, reporter=reporter)
 
 
 def _fail(err: Exception) -> None:
@@ -115,9 +134,7 @@ def run(
                 raise FedloraError("usage: fedlora run CONFIG [key=value ...] --out DIR  (or --resume DIR)")
             cfg = load_config(config, list(overrides or []))
             run_dir = out
-        from fedlora import federation
-
-        summary = federation.run(cfg, run_dir, resume=resume is not None, reporter=RichReporter(console))
+        summary = _run_on_engine(cfg, run_dir, resume is not None, RichReporter(console))
     except FedloraError as err:
         _fail(err)
     before = summary.get("initial_eval") or {}
@@ -140,6 +157,7 @@ def plan(
     policy for the least predicted wall-clock time, and write a plan that ``fedlora run CONFIG plan=PLAN`` takes."""
     import tempfile
 
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # the planner's tiny scipy solves only contend; torch unaffected
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from fedlora.config import load_config
 
@@ -193,6 +211,7 @@ def print_plan(result: dict) -> None:
         f"{base['wallclock_s']:.1f} s → plan is {base['wallclock_s'] / max(pred['wallclock_s'], 1e-12):.2f}× faster "
         f"(predicted)\n"
         f"pilot: {pilot['seconds']:.1f} s; rank_cost κ = {pilot['rank_cost']:.4f}; "
+        f"rank exponent β = {pilot.get('rank_exponent', 0.0):.3f}; "
         f"this machine trains {pilot['local_tokens_per_s']:.0f} tokens/s at full rank",
         markup=False,
         highlight=False,

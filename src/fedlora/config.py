@@ -269,6 +269,31 @@ class PlannerConfig(_Section):
     load of the uniform baseline)."""
 
 
+# ----------------------------------------------------------------------------------------------- flower
+
+
+class FlowerConfig(_Section):
+    """Running on Flower (``engine = "flower-sim"``, or a Flower app started with ``flwr run``; docs/flower.md).
+
+    One Flower SuperNode per fedlora client: its node config ``partition-id`` is the client id (its data shard
+    and its [fleet] profile). The simulation starts ``partition.num_clients`` virtual SuperNodes."""
+
+    client_num_cpus: float = Field(1.0, gt=0)
+    """Simulation: CPUs Ray reserves for each running ClientApp (how many clients train at once)."""
+    client_num_gpus: float = Field(0.0, ge=0)
+    """Simulation: GPUs (a fraction shares one) Ray reserves for each running ClientApp."""
+    num_cpus: int | None = Field(None, ge=1)
+    """Simulation: CPUs Ray may use in all (default: every CPU of the machine)."""
+    client_threads: int | None = Field(None, ge=1)
+    """torch threads in each ClientApp (default: client_num_cpus in a simulation, ``threads`` on a federation)."""
+    connect_timeout_s: float = Field(300.0, gt=0)
+    """How long the ServerApp waits for every client's SuperNode to connect."""
+    round_timeout_s: float | None = Field(None, gt=0)
+    """Longest wait for a round's replies (default: no limit; messages expire after message_ttl_s)."""
+    message_ttl_s: float = Field(43200.0, gt=0)
+    """Time-to-live of every message Flower carries (Flower's default: 12 h)."""
+
+
 class RunConfig(_Section):
     """A whole fedlora run."""
 
@@ -277,6 +302,9 @@ class RunConfig(_Section):
     rounds: int = Field(10, ge=1)
     threads: int | None = Field(None, ge=1)
     """torch CPU threads (default: torch's choice)."""
+    engine: Literal["inprocess", "flower-sim", "flower"] = "inprocess"
+    """Where clients run: "inprocess" (one after another in this process), "flower-sim" (Flower's simulation
+    engine on this machine), or "flower" (a Flower federation; set by the Flower app that ``flwr run`` starts)."""
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     partition: PartitionConfig = Field(default_factory=PartitionConfig)
@@ -290,6 +318,7 @@ class RunConfig(_Section):
     fleet: FleetConfig = Field(default_factory=FleetConfig)
     network: NetworkConfig = Field(default_factory=NetworkConfig)
     planner: PlannerConfig = Field(default_factory=PlannerConfig)
+    flower: FlowerConfig = Field(default_factory=FlowerConfig)
     plan_source: str | None = None
     """The plan file applied with ``plan=PATH`` (informational: its values are already in this config)."""
 

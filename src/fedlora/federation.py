@@ -183,6 +183,9 @@ def run(
     if engine is None:
         engine = InProcessEngine(setup.model, setup.layers, setup.client_examples, setup.training, setup.pad_id)
     num_examples = [len(examples) for examples in setup.client_examples]
+    attach = getattr(engine, "attach_base_history", None)
+    if attach is not None:  # engines whose clients own a base copy (Flower) send the base updates they missed
+        attach(method.base_history)
 
     # ---------------------------------------------------------------- start or resume
     start_round, records, initial_eval = 1, [], None
@@ -262,6 +265,9 @@ def run(
         }
         if timing.bandwidth_hz is not None:
             record["client_bandwidth_hz"] = timing.bandwidth_hz
+        engine_facts = getattr(engine, "round_facts", None)
+        if engine_facts is not None:  # transport facts of engines that have them (Flower: catch-up bytes)
+            record.update(engine_facts())
         if round_idx % config.eval.every == 0 or round_idx == config.rounds:
             result = evaluate_global(setup, method, config)
             record.update(result)

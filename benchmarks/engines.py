@@ -1,0 +1,165 @@
+"""Seconds per round: the in-process engine vs Flower's simulation engine, same config, same machine.
+
+For each model (the tiny random Llama of examples/tiny.toml, and SmolLM2-135M with examples/demo.toml's
+federation) the same run goes through both engines:
+
+- ``inprocess``: the clients of a round train one after another on the server's model, ``--threads`` torch
+  threads;
+- ``flower-sim``: one virtual SuperNode per client on Ray; Ray runs ``cores // --client-cpus`` ClientApps at
+  once, each with ``--client-cpus`` torch threads (the same cores in all).
+
+Per engine it reports the set-up time (until round 1 starts: model and data for in-process; also Ray's start
+and the nodes' hello for Flower), round 1 (Flower's nodes build their model and shard there), and the median of
+the later rounds that do not evaluate: the whole round (``wall_s`` in metrics.jsonl) and its client phase (from
+the round's start to the last upload read). Evaluation runs only after the last round (identical on both engines
+and left out). The two engines must end with the same adapter bytes: the script checks the byte totals.
+
+    python benchmarks/engines.py                      # tiny model, then SmolLM2-135M (≈ 10 min on 2 cores)
+    python benchmarks/engines.py --models tiny        # seconds
+    python benchmarks/engines.py --json engines.json  # also write the numbers
+
+Target (issue 5): at SmolLM2 scale, Flower's seconds per round ≤ 1.5 × the in-process engine's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = {
+    "tiny": (ROOT / "examples" / "tiny.toml", []),
+    "smollm2": (ROOT / "examples" / "demo.toml", ["data.eval_size=32"]),
+}
+
+
+class Clock:
+    """A reporter that timestamps the round loop's events."""
+
+    def __init__(self) -> None:
+        self.t0 = time.perf_counter()
+        self.first_round: float | None = None
+        self.round_start: dict[int, float] = {}
+        self.last_upload: dict[int, float] = {}
+
+    def log(self, line: str) -> None:
+        pass
+
+    def run_started(self, config, setup, start_round) -> None: ...
+
+    def round_started(self, round_idx, participants) -> None:
+        now = time.perf_counter()
+        self.round_start[round_idx] = now
+        if self.first_round is None:
+            self.first_round = now - self.t0
+
+    def client_done(self, round_idx, client_id, rank, train_loss) -> None:
+        self.last_upload[round_idx] = time.perf_counter()
+
+    def round_done(self, record) -> None: ...
+
+    def evaluated(self, label, result) -> None: ...
+
+
+def run_engine(engine: str, config_path: Path, overrides: list[str], out: Path) -> dict:
+    from fedlora import federation
+    from fedlora.config import load_config
+
+    config = load_config(config_path, [*overrides, f"engine={engine}"])
+    clock = Clock()
+    started = time.perf_counter()
+    if engine == "flower-sim":
+        from fedlora.engines.flower.simulation import run_simulation
+
+        summary = run_simulation(config, out, reporter=clock)
+    else:
+        summary = federation.run(config, out, reporter=clock)
+    total = time.perf_counter() - started
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    later = [r for r in records[1:] if "eval_loss" not in r]
+    clients = [clock.last_upload[r["round"]] - clock.round_start[r["round"]] for r in later]
+    return {
+        "engine": engine,
+        "total_s": total,
+        "setup_s": clock.first_round,
+        "round1_s": records[0]["wall_s"],
+        "round_s": statistics.median(r["wall_s"] for r in later) if later else None,
+        "clients_s": statistics.median(clients) if clients else None,
+        "rounds_measured": len(later),
+        "bytes_up": summary["totals"]["bytes_up"],
+        "bytes_down": summary["totals"]["bytes_down"],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", default="tiny,smollm2", help="comma-separated: tiny, smollm2")
+    parser.add_argument("--rounds", type=int, default=4, help="rounds per run (round 1 and the last are not timed)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 2, help="torch threads, in-process")
+    parser.add_argument("--client-cpus", type=float, default=1.0, help="CPUs (and threads) per Flower ClientApp")
+    parser.add_argument("--json", type=Path, help="write the results here")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+    import torch
+
+    print(
+        f"# fedlora engines benchmark: rounds={args.rounds}, in-process threads={args.threads}, Flower client "
+        f"CPUs={args.client_cpus}; torch {torch.__version__}, python {platform.python_version()}, "
+        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}",
+        flush=True,
+    )
+    results = []
+    header = f"{'model':8} {'engine':11} {'setup s':>8} {'round 1 s':>10} {'round s':>8} {'clients s':>10} {'ratio':>6}"
+    for model in args.models.split(","):
+        config_path, extra = MODELS[model]
+        overrides = [
+            *extra,
+            f"rounds={args.rounds}",
+            f"eval.every={args.rounds}",
+            "eval.before=false",
+            f"threads={args.threads}",
+            f"flower.client_num_cpus={args.client_cpus}",
+            f"flower.client_threads={max(1, int(args.client_cpus))}",
+        ]
+        rows = []
+        with tempfile.TemporaryDirectory(prefix="fedlora-bench-engines-") as work:
+            for engine in ("inprocess", "flower-sim"):
+                row = {"model": model, **run_engine(engine, config_path, overrides, Path(work) / engine)}
+                rows.append(row)
+                print(f"# {model} {engine}: {row['total_s']:.1f} s in all", file=sys.stderr, flush=True)
+        base, flower = rows
+        if (base["bytes_up"], base["bytes_down"]) != (flower["bytes_up"], flower["bytes_down"]):
+            print(f"!! {model}: byte totals differ between the engines: {base} vs {flower}", flush=True)
+            return 1
+        ratio = flower["round_s"] / base["round_s"] if base["round_s"] and flower["round_s"] else None
+        flower["ratio"] = ratio
+        print(header)
+        for row in rows:
+            shown_ratio = f"{row['ratio']:.2f}" if row.get("ratio") is not None else ""
+            print(
+                f"{row['model']:8} {row['engine']:11} {row['setup_s']:8.1f} {row['round1_s']:10.2f} "
+                f"{row['round_s'] or float('nan'):8.2f} {row['clients_s'] or float('nan'):10.2f} {shown_ratio:>6}",
+                flush=True,
+            )
+        results += rows
+    print(f"# load average at the end {os.getloadavg()[0]:.2f}; ratio = Flower round s / in-process round s")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,264 @@
+"""The server side of the Flower engine: fedlora's round loop talks to Flower SuperNodes through a ``Grid``.
+
+``FlowerGridEngine.run_clients`` sends every participant of a round one ``train`` message at once (its own
+download blob: its sketch, its rank, its truncation — whatever its method planned), waits for all replies, and
+returns the upload blobs in job order. It never looks inside a blob except to count bytes: methods stay
+Flower-agnostic and the engine method-agnostic.
+
+Byte accounting: the round loop counts ``len()`` of the blobs, as for the in-process engine. The engine checks
+that the bytes Flower carried are the blobs: each node reports the length of the download it received (equal to
+the blob sent) and of the upload it sent (equal to the blob received). Base updates a node missed (merge-into-
+base methods: FLoRA, FLoRIST v1) travel in a separate catch-up record, counted in ``catchup_bytes_down`` per
+round, not in ``bytes_down``: the in-process engine's shared base needs no catch-up, and the papers charge a
+participant only the newest update.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+
+from flwr.app import ConfigRecord, Message, RecordDict
+
+from fedlora import payload
+from fedlora.engines.flower import wire
+from fedlora.errors import FedloraError
+from fedlora.lora.state import Factors, flatten_factors
+
+
+def _describe_error(reply: Message) -> str:
+    """The client's error as one line: Flower wraps it as "<class 'T'>:<'text'>" (and the simulation's Ray
+    worker adds its traceback, ending with "Message: text")."""
+    reason = reply.error.reason or f"Flower error code {reply.error.code}"
+    reason = re.sub(r"\x1b\[[0-9;]*m", "", reason)
+    if "Message: " in reason:
+        reason = reason.rsplit("Message: ", 1)[1]
+    match = re.fullmatch(r"<class '([^']+)'>:<'(.*)'>", reason.strip(), flags=re.DOTALL)
+    if match:
+        kind, text = match.groups()
+        reason = text if kind.endswith("FedloraError") else f"{kind.rsplit('.', 1)[-1]}: {text}"
+    reason = " ".join(reason.removesuffix("'>").split())
+    return reason if len(reason) <= 500 else reason[:497] + "..."
+
+
+def exchange(
+    grid,
+    messages: dict[int, Message],
+    what: str,
+    timeout: float | None,
+    label: Callable[[int], str],
+    timeout_setting: str = "flower.round_timeout_s",
+) -> dict[int, Message]:
+    """Send ``messages`` (key → message) at once and wait for every reply; replies by key.
+
+    Raises FedloraError naming the sender (``label(key)``) of an error reply, or every key without a reply when
+    ``timeout`` runs out."""
+    if not messages:
+        return {}
+    by_node = {message.metadata.dst_node_id: key for key, message in messages.items()}
+    replies: dict[int, Message] = {}
+    for reply in grid.send_and_receive(list(messages.values()), timeout=timeout):
+        key = by_node.get(reply.metadata.src_node_id)
+        if key is None:
+            continue
+        if reply.has_error():
+            raise FedloraError(f"flower: {label(key)} failed in {what}: {_describe_error(reply)}")
+        replies[key] = reply
+    missing = [key for key in messages if key not in replies]
+    if missing:
+        names = ", ".join(label(key) for key in missing)
+        raise FedloraError(f"flower: no reply to {what} from {names} within {timeout:.0f} s ({timeout_setting})")
+    return replies
+
+
+class FlowerGridEngine:
+    """fedlora clients on Flower SuperNodes: ``nodes`` maps each client id to the node id that runs it."""
+
+    def __init__(
+        self,
+        grid,
+        nodes: dict[int, int],
+        *,
+        session: str,
+        round_timeout_s: float | None = None,
+        message_ttl_s: float | None = None,
+    ) -> None:
+        self.grid = grid
+        self.session = session
+        self.nodes = dict(nodes)
+        self.round_timeout_s = round_timeout_s
+        self.message_ttl_s = message_ttl_s
+        self._base_history: Callable[[], list[Factors]] = list
+        self._holds: dict[int, int] = {}
+        """Base updates each client's node holds, as far as this engine knows (0: the original base)."""
+        self._facts: dict = {}
+        self._calls = 0
+
+    # -------------------------------------------------------------------------------- round-loop hooks
+    def attach_base_history(self, base_history: Callable[[], list[Factors]]) -> None:
+        """Called by ``federation.run``: every base update merged so far (merge-into-base methods), so nodes
+        that missed some get them before training."""
+        self._base_history = base_history
+
+    def round_facts(self) -> dict:
+        """Facts of the last ``run_clients`` call for the round's metrics record."""
+        return dict(self._facts)
+
+    # ---------------------------------------------------------------------------------------- clients
+    def label(self, client_id: int) -> str:
+        return f"client {client_id} (Flower node {self.nodes.get(client_id)})"
+
+    def run_clients(self, jobs: list[tuple[int, bytes]]) -> list[bytes]:
+        """One train message per job, all at once; the upload blobs in job order."""
+        self._calls += 1
+        unknown = [cid for cid, _ in jobs if cid not in self.nodes]
+        if unknown:
+            raise FedloraError(f"flower: no SuperNode runs client(s) {unknown}")
+        history = self._base_history()
+        target = len(history)
+        downloads = dict(jobs)
+        start_from = {cid: self._holds.get(cid, 0) for cid in downloads}
+        uploads: dict[int, bytes] = {}
+        catchup_bytes, resent = 0, 0
+        started = time.perf_counter()
+        pending = list(downloads)
+        for attempt in range(2):
+            messages = {}
+            for cid in pending:
+                message, extra = self._train_message(cid, downloads[cid], history, start_from[cid])
+                messages[cid] = message
+                catchup_bytes += extra
+            replies = exchange(self.grid, messages, "training", self.round_timeout_s, self.label)
+            again = []
+            for cid, reply in replies.items():
+                meta = wire.settings(reply)
+                if meta["status"] == wire.STATUS_NEED_BASE:
+                    start_from[cid] = int(meta["base_version"])
+                    again.append(cid)
+                    continue
+                uploads[cid] = self._read_upload(cid, reply, len(downloads[cid]))
+                self._holds[cid] = target
+            if not again:
+                break
+            if attempt == 1:
+                raise FedloraError(f"flower: {self.label(again[0])} still lacks base updates after a catch-up")
+            pending, resent = again, resent + len(again)
+        self._facts = {
+            "catchup_bytes_down": catchup_bytes,
+            "flower_resent": resent,
+            "flower_s": time.perf_counter() - started,
+        }
+        return [uploads[cid] for cid, _ in jobs]
+
+    def _train_message(self, cid: int, blob: bytes, history: list[Factors], holds: int) -> tuple[Message, int]:
+        """The train message of client ``cid`` and the bytes of its catch-up record (0 when it needs none)."""
+        target = len(history)
+        first = min(holds, max(target - 1, 0))
+        content = RecordDict(
+            {
+                wire.DOWNLOAD: wire.blob_record(blob),
+                wire.FEDLORA: ConfigRecord(
+                    {"client": cid, "session": self.session, "base_target": target, "catchup_from": first}
+                ),
+            }
+        )
+        extra = 0
+        missed = history[first : target - 1]  # the newest update travels in the download ("sync.")
+        if missed:
+            tensors = {}
+            for offset, update in enumerate(missed):
+                tensors.update(flatten_factors(update, prefix=f"base{first + offset:06d}."))
+            catchup = payload.pack(tensors, {"first": first, "count": len(missed)})
+            content[wire.CATCHUP] = wire.blob_record(catchup)
+            extra = len(catchup)
+        message = Message(
+            content,
+            dst_node_id=self.nodes[cid],
+            message_type=wire.TRAIN,
+            group_id=f"fedlora-{self._calls}",
+            ttl=self.message_ttl_s,
+        )
+        return message, extra
+
+    def _read_upload(self, cid: int, reply: Message, sent: int) -> bytes:
+        meta = wire.settings(reply)
+        upload = wire.record_blob(reply, wire.UPLOAD)
+        if upload is None:
+            raise FedloraError(f"flower: {self.label(cid)} replied without an upload")
+        if int(meta["download_bytes"]) != sent or int(meta["upload_bytes"]) != len(upload):
+            raise FedloraError(
+                f"flower: {self.label(cid)}: carried bytes differ from the blobs (download {sent} sent, "
+                f"{meta['download_bytes']} received; upload {meta['upload_bytes']} sent, {len(upload)} received)"
+            )
+        return upload
+
+    def finish(self, timeout: float = 60.0) -> None:
+        """Tell every node the run is over (they drop its stored base updates); failures are ignored."""
+        messages = {
+            cid: Message(RecordDict({wire.FEDLORA: ConfigRecord({})}), dst_node_id=node, message_type=wire.FINISH)
+            for cid, node in self.nodes.items()
+        }
+        try:
+            list(self.grid.send_and_receive(list(messages.values()), timeout=timeout))
+        except Exception:  # noqa: BLE001 - cleanup is best effort
+            pass
+
+
+def connect_nodes(
+    grid,
+    config_text: str,
+    num_clients: int,
+    *,
+    session: str,
+    base_fingerprint: str = "",
+    threads: int = 0,
+    timeout_s: float = 300.0,
+    ttl: float | None = None,
+    log: Callable[[str], None] | None = None,
+) -> dict[int, int]:
+    """Wait for the SuperNodes, say hello to each, and map client ids 0..num_clients-1 to node ids.
+
+    Every node replies with its node config's ``partition-id`` after checking that it can build that client
+    (model, LoRA layers, its data shard). Missing, duplicate and out-of-range partition ids are errors."""
+    deadline = time.monotonic() + timeout_s
+    node_ids: list[int] = []
+    while True:
+        node_ids = sorted(grid.get_node_ids())
+        if len(node_ids) >= num_clients:
+            break
+        if time.monotonic() > deadline:
+            raise FedloraError(
+                f"flower: {len(node_ids)} of {num_clients} SuperNodes connected within {timeout_s:.0f} s "
+                "(one per client: partition.num_clients; flower.connect_timeout_s)"
+            )
+        time.sleep(0.5)
+    if log:
+        log(f"flower: {len(node_ids)} SuperNodes connected; checking their clients")
+    hello = ConfigRecord(
+        {
+            "config": config_text,
+            "session": session,
+            "base_fingerprint": base_fingerprint,
+            "threads": threads,
+            "protocol": wire.PROTOCOL,
+        }
+    )
+    messages = {
+        node: Message(RecordDict({wire.FEDLORA: hello}), dst_node_id=node, message_type=wire.HELLO, ttl=ttl)
+        for node in node_ids
+    }
+    remaining = max(deadline - time.monotonic(), 60.0)
+    replies = exchange(
+        grid, messages, "hello", remaining, lambda node: f"Flower node {node}", "flower.connect_timeout_s"
+    )
+    nodes: dict[int, int] = {}
+    for node, reply in sorted(replies.items()):
+        cid = int(wire.settings(reply)["partition_id"])
+        if cid in nodes:
+            raise FedloraError(f"flower: Flower nodes {nodes[cid]} and {node} both have partition-id={cid}")
+        nodes[cid] = node
+    missing = [cid for cid in range(num_clients) if cid not in nodes]
+    if missing:
+        raise FedloraError(f"flower: no SuperNode has partition-id {missing[0]} (one per client 0..{num_clients - 1})")
+    return nodes

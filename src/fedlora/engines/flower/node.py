@@ -1,0 +1,439 @@
+"""The client side of the Flower engine: what a SuperNode's ClientApp does with fedlora's messages.
+
+A node is one fedlora client: its node config's ``partition-id`` is the client id, which picks its data shard
+(the same split and partitioning code as the in-process engine, so the shards are identical) and its [fleet]
+profile. The ClientApp builds the base model, the LoRA layers and that one shard from the run's config (sent
+in the hello message), and runs fedlora's own client round (``fedlora.client.app.run_client``) on each train
+message.
+
+Unlike the in-process engine, a node owns its base model. For the methods that merge each round's global update
+into the base (FLoRA, FLoRIST v1), the download carries the newest update ("sync.") and the node folds it in
+(``apply_base_sync``); a node that skipped rounds also needs the updates it missed, which the server sends in a
+separate catch-up record (counted apart from ``bytes_down``). The node keeps every base update it received in
+a folder per Flower run (``<cache>/flower/run-<run id>/``), because a deployed SuperNode starts a fresh
+ClientApp process for every message; a process that serves several messages (a simulation's Ray actor) also
+keeps its model, at the base version it last reached, and only merges what is new.
+
+Optional node config keys: ``device`` (e.g. "cuda:0"; default: the run's model.device), ``threads`` (torch
+threads), ``cache-dir`` (default: fedlora's cache folder, ``$FEDLORA_CACHE``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+
+from fedlora.engines.flower import wire
+from fedlora.errors import FedloraError
+
+_RUNTIME: _Runtime | None = None
+"""This process's client: model, layers and data shards, reused while the config stays the same."""
+
+
+# ------------------------------------------------------------------------------------------- building
+
+
+def client_training(config):
+    """The local training settings of a run (as ``fedlora.setup.build`` makes them)."""
+    from fedlora.client.train import LocalTraining
+
+    t = config.train
+    return LocalTraining(
+        lr=t.lr,
+        local_steps=t.local_steps,
+        local_epochs=t.local_epochs,
+        batch_size=t.batch_size,
+        grad_accum=t.grad_accum,
+        lr_schedule=t.lr_schedule,
+        warmup_steps=t.warmup_steps,
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+    )
+
+
+def client_base_model(config, device: str | None = None):
+    """(model, tokenizer, fingerprint): the run's ORIGINAL base model, as the server's ``setup.load_model``
+    builds it, without writing anything. A random tiny base is rebuilt from the run seed (bit for bit the one
+    the server saved to DIR/base); ``fingerprint`` is a hash of its weights (empty for named models)."""
+    from fedlora import seeding
+    from fedlora.models import load_base_model, resolve_device, resolve_dtype, tiny_random_llama
+    from fedlora.setup import TINY
+
+    dev = resolve_device(device or config.model.device)
+    dtype = resolve_dtype(config.model.dtype, dev)
+    if config.model.name != TINY:
+        model, tokenizer = load_base_model(config.model.name, device=dev, dtype=dtype)
+        return model, tokenizer, ""
+    tiny = config.model.tiny
+    model, tokenizer = tiny_random_llama(
+        seed=seeding.derive_seed(config.seed, "model") % 2**31,
+        hidden_size=tiny.hidden_size,
+        num_layers=tiny.num_layers,
+        num_heads=tiny.num_heads,
+        num_kv_heads=tiny.num_kv_heads,
+        intermediate_size=tiny.intermediate_size,
+    )
+    fingerprint = weights_fingerprint(model)
+    model.to(device=dev, dtype=dtype).eval()
+    return model, tokenizer, fingerprint
+
+
+def weights_fingerprint(model) -> str:
+    """SHA-256 over every named tensor of the model's state dict (names and raw bytes, in name order)."""
+    import torch
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def expected_fingerprint(config) -> str:
+    """The fingerprint every node's base must have ("" when the base is a named model, not a random one)."""
+    from fedlora.setup import TINY
+
+    if config.model.name != TINY:
+        return ""
+    return client_base_model(config, device="cpu")[2]
+
+
+@dataclass
+class _Shards:
+    """The run's training shards (all clients, not yet encoded) and the prompt template."""
+
+    template: object
+    shards: list
+
+
+def load_shards(config) -> _Shards:
+    """Every client's raw training rows, by the same calls in the same order as ``fedlora.setup.load_data``."""
+    from fedlora.data import ClassificationTemplate, holdout_split, load_source, partition_dataset, validate_columns
+    from fedlora.setup import _template
+
+    data, part = config.data, config.partition
+    dataset = load_source(
+        data.source, split=data.hf_split, subset=data.hf_subset, max_examples=data.max_examples, seed=config.seed
+    )
+    template = _template(config, dataset)
+    validate_columns(dataset, template, data.source)
+    stratify = data.label_field if isinstance(template, ClassificationTemplate) else None
+    train, _ = holdout_split(dataset, data.eval_size, seed=config.seed, stratify_by=stratify)
+    shards = partition_dataset(
+        train,
+        part.num_clients,
+        part.scheme,
+        alpha=part.alpha,
+        key=part.key,
+        seed=config.seed,
+        min_partition_size=part.min_partition_size,
+    )
+    return _Shards(template, shards)
+
+
+def encode_shard(config, tokenizer, shards: _Shards, client_id: int) -> list[dict]:
+    """Client ``client_id``'s encoded training examples (what ``setup.build`` gives in client_examples)."""
+    from fedlora.setup import _encode
+
+    return _encode(tokenizer, shards.template, shards.shards[client_id], config.data.max_seq_len)
+
+
+@dataclass
+class ClientSetup:
+    """What one client needs to run its rounds."""
+
+    model: object
+    tokenizer: object
+    layers: dict
+    examples: list[dict]
+    training: object
+    pad_id: int
+    fingerprint: str
+
+
+def build_client(config, client_id: int, device: str | None = None) -> ClientSetup:
+    """Everything client ``client_id`` of a run needs, built the way the server builds it, for that client only."""
+    from fedlora.lora.layer import inject_lora
+
+    model, tokenizer, fingerprint = client_base_model(config, device)
+    layers = inject_lora(model, config.model.target_modules, config.lora.dropout)
+    examples = encode_shard(config, tokenizer, load_shards(config), client_id)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return ClientSetup(model, tokenizer, layers, examples, client_training(config), pad_id, fingerprint)
+
+
+# ---------------------------------------------------------------------------------------------- runtime
+
+
+@dataclass
+class _Runtime:
+    key: str
+    config: object
+    device: str | None
+    model: object = None
+    tokenizer: object = None
+    layers: dict = field(default_factory=dict)
+    fingerprint: str = ""
+    training: object = None
+    pad_id: int = 0
+    base_version: int = 0
+    """How many base updates are merged into ``model`` (0: the original base)."""
+    shards: _Shards | None = None
+    examples: dict[int, list[dict]] = field(default_factory=dict)
+
+    def load_model(self) -> None:
+        from fedlora.lora.layer import inject_lora
+
+        self.model, self.tokenizer, self.fingerprint = client_base_model(self.config, self.device)
+        self.layers = inject_lora(self.model, self.config.model.target_modules, self.config.lora.dropout)
+        tok = self.tokenizer
+        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        self.base_version = 0
+
+    def client_examples(self, client_id: int, folder: Path | None = None) -> list[dict]:
+        """The client's encoded shard: from memory, else from ``folder`` (a node's earlier message wrote it
+        there: a deployed node runs every message in a fresh process), else built from the data."""
+        if client_id in self.examples:
+            return self.examples[client_id]
+        cached = folder / "examples.json" if folder is not None else None
+        if cached is not None and cached.is_file():
+            examples = json.loads(cached.read_text())
+        else:
+            if self.shards is None:
+                self.shards = load_shards(self.config)
+            examples = encode_shard(self.config, self.tokenizer, self.shards, client_id)
+            if cached is not None:
+                cached.parent.mkdir(parents=True, exist_ok=True)
+                tmp = cached.with_name(f".{cached.name}.{os.getpid()}.tmp")
+                tmp.write_text(json.dumps(examples))
+                os.replace(tmp, cached)
+        self.examples[client_id] = examples
+        return examples
+
+
+def runtime(config_text: str, device: str | None, session: str) -> _Runtime:
+    """This process's client runtime for ``config_text`` in fedlora run ``session`` (built on first use, then
+    reused by the messages of the same run)."""
+    global _RUNTIME
+    from fedlora.config import RunConfig
+    from fedlora.setup import quiet_libraries
+
+    key = hashlib.sha256(f"{session}\n{device}\n{config_text}".encode()).hexdigest()
+    if _RUNTIME is None or _RUNTIME.key != key:
+        import tomllib
+
+        quiet_libraries()
+        config = RunConfig.model_validate(tomllib.loads(config_text))
+        rt = _Runtime(key=key, config=config, device=device, training=client_training(config))
+        rt.load_model()
+        _RUNTIME = rt
+    return _RUNTIME
+
+
+class BaseStore:
+    """The base updates a node has received in one Flower run: ``update-<version>.safetensors``, version 0 first."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def _path(self, version: int) -> Path:
+        return self.folder / f"update-{version:06d}.safetensors"
+
+    def has(self, version: int) -> bool:
+        return self._path(version).is_file()
+
+    def put(self, version: int, update) -> None:
+        from fedlora import payload
+        from fedlora.lora.state import flatten_factors
+
+        path = self._path(version)
+        if path.is_file():
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_bytes(payload.pack(flatten_factors(update)))
+        os.replace(tmp, path)  # atomic: nodes sharing a machine may write the same update
+
+    def get(self, version: int):
+        from fedlora import payload
+        from fedlora.lora.state import unflatten_factors
+
+        tensors, _ = payload.unpack(self._path(version).read_bytes())
+        return unflatten_factors(tensors)
+
+
+def run_folder(context: Context, session: str) -> Path:
+    """Where the nodes of this machine keep what they received in one fedlora run (on one Flower run)."""
+    from fedlora.models import cache_dir
+
+    root = context.node_config.get("cache-dir")
+    root = Path(str(root)).expanduser() if root else cache_dir() / "flower"
+    return root / f"run-{context.run_id}-{session}"
+
+
+def store_for(context: Context, session: str, client_id: int) -> BaseStore:
+    """The base updates this node (client ``client_id``) received in fedlora run ``session``."""
+    return BaseStore(run_folder(context, session) / f"client-{client_id}")
+
+
+# --------------------------------------------------------------------------------------------- handlers
+
+
+def partition_id(context: Context, num_clients: int | None = None) -> int:
+    """The fedlora client id of this node (node config ``partition-id``), checked against the run."""
+    raw = context.node_config.get("partition-id")
+    if raw is None:
+        raise FedloraError(
+            "flower: this SuperNode has no partition-id in its node config (--node-config 'partition-id=N')"
+        )
+    try:
+        cid = int(raw)
+    except (TypeError, ValueError):
+        raise FedloraError(f"flower: node config partition-id={raw!r} is not an integer") from None
+    if num_clients is not None and not 0 <= cid < num_clients:
+        raise FedloraError(
+            f"flower: node config partition-id={cid} is outside [0, partition.num_clients={num_clients})"
+        )
+    return cid
+
+
+def _threads(context: Context, default: int) -> None:
+    import torch
+
+    threads = int(context.node_config.get("threads", default) or 0)
+    if threads > 0 and torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
+def _device(context: Context) -> str | None:
+    device = context.node_config.get("device")
+    return str(device) if device else None
+
+
+def handle_hello(message: Message, context: Context) -> Message:
+    """Check that this node can be the client its partition-id names and keep the run's settings.
+
+    Light on purpose (no torch, no data): a deployed node runs every message in a fresh process. The model and
+    data are built by the first train message, which also checks the base fingerprint."""
+    import tomllib
+
+    from fedlora import __version__
+    from fedlora.config import RunConfig
+
+    hello = wire.settings(message)
+    if int(hello.get("protocol", 0)) != wire.PROTOCOL:
+        raise FedloraError(f"flower: server speaks protocol {hello.get('protocol')}, this node {wire.PROTOCOL}")
+    config_text = str(hello["config"])
+    config = RunConfig.model_validate(tomllib.loads(config_text))
+    cid = partition_id(context, config.partition.num_clients)
+    context.state[wire.FEDLORA] = ConfigRecord(
+        {
+            "config": config_text,
+            "session": str(hello["session"]),
+            "base_fingerprint": str(hello.get("base_fingerprint", "")),
+            "threads": int(hello.get("threads", 0)),
+            "client": cid,
+        }
+    )
+    reply = ConfigRecord({"partition_id": cid, "fedlora_version": __version__})
+    return Message(RecordDict({wire.FEDLORA: reply}), reply_to=message)
+
+
+def handle_train(message: Message, context: Context) -> Message:
+    """One client round: fold in the base updates, train, reply with the upload blob."""
+    from fedlora import payload
+    from fedlora.client.app import run_client
+    from fedlora.lora.layer import merge_update
+    from fedlora.lora.state import unflatten_factors
+
+    started = time.perf_counter()
+    state = context.state.config_records.get(wire.FEDLORA)
+    if state is None:
+        raise FedloraError("flower: train message before hello (the node's context lost the run's settings)")
+    cid = partition_id(context)
+    meta = wire.settings(message)
+    if int(meta["client"]) != cid or int(state["client"]) != cid:
+        raise FedloraError(f"flower: message for client {meta['client']} reached the node of client {cid}")
+    session = str(state["session"])
+    if str(meta["session"]) != session:
+        raise FedloraError(
+            f"flower: client {cid}: train message of fedlora run {meta['session']}, node is in {session}"
+        )
+    _threads(context, int(state["threads"]))
+    rt = runtime(str(state["config"]), _device(context), session)
+    expected = str(state["base_fingerprint"])
+    if expected and rt.fingerprint != expected:
+        raise FedloraError(
+            f"flower: client {cid}: the rebuilt random base model differs from the server's "
+            "(another torch or transformers version?)"
+        )
+    download = wire.record_blob(message, wire.DOWNLOAD)
+    if download is None:
+        raise FedloraError("flower: train message without a download record")
+    target = int(meta["base_target"])  # base updates the client's model holds after this round's sync
+
+    store = store_for(context, session, cid)
+    catchup = wire.record_blob(message, wire.CATCHUP)
+    if catchup is not None:
+        tensors, info = payload.unpack(catchup)
+        first, count = int(info["first"]), int(info["count"])
+        for version in range(first, first + count):
+            store.put(version, unflatten_factors(tensors, prefix=f"base{version:06d}."))
+    apply_sync = False
+    if rt.base_version > target:  # a base cannot be un-merged: start again from the original one
+        rt.load_model()
+    if target > 0:
+        sync = unflatten_factors(payload.unpack(download)[0], prefix="sync.")
+        if not sync:
+            raise FedloraError(f"flower: client {cid}: base version {target} announced but the download has no sync")
+        missing = [v for v in range(target - 1) if not store.has(v)]
+        if missing:  # the server assumed this node holds updates it does not: ask for them
+            reply = ConfigRecord({"status": wire.STATUS_NEED_BASE, "base_version": missing[0]})
+            return Message(RecordDict({wire.FEDLORA: reply}), reply_to=message)
+        store.put(target - 1, sync)
+        for version in range(rt.base_version, target - 1):
+            merge_update(rt.layers, store.get(version))
+        rt.base_version = max(rt.base_version, target - 1)
+        apply_sync = rt.base_version == target - 1  # else this process merged it already
+
+    examples = rt.client_examples(cid, store.folder)
+    try:
+        upload = run_client(rt.model, rt.layers, download, examples, rt.training, rt.pad_id, apply_base_sync=apply_sync)
+    except BaseException:
+        rt.load_model()  # the model may hold a half-applied update: start from the original base next time
+        raise
+    rt.base_version = target
+    reply = ConfigRecord(
+        {
+            "status": wire.STATUS_OK,
+            "base_version": target,
+            "download_bytes": len(download),
+            "catchup_bytes": len(catchup) if catchup is not None else 0,
+            "upload_bytes": len(upload),
+            "seconds": time.perf_counter() - started,
+        }
+    )
+    content = RecordDict({wire.UPLOAD: wire.blob_record(upload), wire.FEDLORA: reply})
+    return Message(content, reply_to=message)
+
+
+def handle_finish(message: Message, context: Context) -> Message:
+    """The run is over: drop the base updates this node stored in it."""
+    state = context.state.config_records.get(wire.FEDLORA)
+    removed = False
+    if state is not None:
+        store = store_for(context, str(state["session"]), int(state["client"]))
+        removed = store.folder.is_dir()
+        shutil.rmtree(store.folder, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            store.folder.parent.rmdir()  # the last node of this machine removes the run's folder
+        del context.state[wire.FEDLORA]
+    return Message(RecordDict({wire.FEDLORA: ConfigRecord({"removed": removed})}), reply_to=message)

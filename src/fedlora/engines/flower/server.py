@@ -1,0 +1,146 @@
+"""The server side on Flower: connect the SuperNodes, then run fedlora's own round loop through them.
+
+``run_on_grid`` is shared by the simulation (``fedlora run CONFIG engine=flower-sim``) and by the ServerApp of
+the deployable Flower app (``flwr run``), whose run config names the fedlora config:
+
+    [tool.flwr.app.config]
+    config = "fedlora.toml"      # a fedlora config; relative to the Flower app's folder
+    overrides = ""               # dotted key=value fedlora overrides, space-separated ("rounds=3 method=florist")
+    out = "runs/flower"          # the run folder on the SuperLink's machine (relative: to the ServerApp's cwd)
+    resume = false               # continue the run in ``out``
+
+The run folder holds what ``fedlora run`` writes (config.resolved.toml, metrics.jsonl, summary.json, adapter/,
+checkpoint/), with ``engine = "flower"`` in the resolved config.
+"""
+
+from __future__ import annotations
+
+import shlex
+import uuid
+from pathlib import Path
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from fedlora.engines.flower.engine import FlowerGridEngine, connect_nodes
+
+
+def client_threads(config, simulation: bool) -> int:
+    """torch threads for each ClientApp: flower.client_threads; else in a simulation the CPUs Ray reserves per
+    client (clients share this machine's cores), on a federation ``threads``; 0 leaves torch's default."""
+    f = config.flower
+    if f.client_threads:
+        return f.client_threads
+    if simulation:
+        return max(1, int(f.client_num_cpus))
+    return config.threads or 0
+
+
+def run_on_grid(grid: Grid, config, run_dir: Path, *, resume: bool = False, reporter=None, simulation=False) -> dict:
+    """``federation.run`` with its clients on the SuperNodes of ``grid``; returns the run's summary."""
+    from fedlora import federation
+    from fedlora.config import dump_config
+    from fedlora.engines.flower.node import expected_fingerprint
+
+    f = config.flower
+    say = getattr(reporter, "log", None)
+    session = uuid.uuid4().hex[:12]  # this fedlora run on these nodes (one Flower run may carry several)
+    nodes = connect_nodes(
+        grid,
+        dump_config(config),
+        config.partition.num_clients,
+        session=session,
+        base_fingerprint=expected_fingerprint(config),
+        threads=client_threads(config, simulation),
+        timeout_s=f.connect_timeout_s,
+        ttl=f.message_ttl_s,
+        log=say,
+    )
+    if say:
+        say("flower: clients on nodes " + ", ".join(f"{cid}→{node}" for cid, node in sorted(nodes.items())))
+    engine = FlowerGridEngine(
+        grid, nodes, session=session, round_timeout_s=f.round_timeout_s, message_ttl_s=f.message_ttl_s
+    )
+    try:
+        return federation.run(config, run_dir, resume=resume, reporter=reporter, engine=engine)
+    finally:
+        engine.finish()
+
+
+class LogReporter:
+    """Progress as plain lines on stdout (``flwr run --stream`` / ``flwr log`` show them)."""
+
+    def log(self, line: str) -> None:
+        print(f"[fedlora] {line}", flush=True)
+
+    def run_started(self, config, setup, start_round: int) -> None:
+        self.log(
+            f"{config.method}: {config.partition.num_clients} clients, rounds {start_round}..{config.rounds}, "
+            f"rank {config.lora.rank}"
+        )
+
+    def round_started(self, round_idx: int, participants: list[int]) -> None:
+        self.log(f"round {round_idx}: clients {participants}")
+
+    def client_done(self, round_idx: int, client_id: int, rank: int, train_loss: float) -> None:
+        self.log(f"  client {client_id} rank {rank} train_loss {train_loss:.4f}")
+
+    def round_done(self, record: dict) -> None:
+        loss = record["train_loss"]
+        shown = f"{loss:.4f}" if loss is not None else "-"
+        self.log(
+            f"round {record['round']} done: train_loss {shown}, ↓ {record['bytes_down']} B, "
+            f"↑ {record['bytes_up']} B, catch-up ↓ {record.get('catchup_bytes_down', 0)} B, "
+            f"wall {record['wall_s']:.1f} s"
+        )
+
+    def evaluated(self, label: str, result: dict) -> None:
+        self.log(f"eval {label}: " + ", ".join(f"{k} {v:.4f}" for k, v in result.items()))
+
+
+def deployment_config(run_config: dict, app_dir: Path | None):
+    """(fedlora config, run folder, resume) from a Flower run config (see the module docstring)."""
+    from fedlora.cli import resume_config
+    from fedlora.config import load_config
+    from fedlora.errors import ConfigError
+
+    out = str(run_config.get("out", "") or "")
+    if not out:
+        raise ConfigError("flower run config: 'out' (the run folder) is required")
+    run_dir = Path(out).expanduser()
+    resume = bool(run_config.get("resume", False))
+    overrides = shlex.split(str(run_config.get("overrides", "") or ""))
+    source = str(run_config.get("config", "") or "")
+    path = Path(source).expanduser() if source else None
+    if path is not None and not path.is_absolute() and app_dir is not None:
+        path = app_dir / path
+    if resume:
+        config = resume_config(run_dir, path, overrides)
+    else:
+        if path is None:
+            raise ConfigError("flower run config: 'config' (a fedlora config file) is required")
+        config = load_config(path, overrides)
+    config.engine = "flower"
+    return config, run_dir, resume
+
+
+def make_server_app(app_dir: Path | None = None) -> ServerApp:
+    """The ServerApp of a deployed fedlora Flower app; relative config paths are taken from ``app_dir``."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        import os
+
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        config, run_dir, resume = deployment_config(dict(context.run_config), app_dir)
+        reporter = LogReporter()
+        reporter.log(f"run folder {run_dir.resolve()}")
+        summary = run_on_grid(grid, config, run_dir, resume=resume, reporter=reporter)
+        final = summary.get("final_eval") or {}
+        reporter.log("done: " + ", ".join(f"{k} {v:.4f}" for k, v in final.items()) + f"; outputs in {run_dir}")
+
+    return app
+
+
+server_app = make_server_app()

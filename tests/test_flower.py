@@ -1,0 +1,488 @@
+"""fedlora on Flower, for real: the simulation engine (Ray) and a deployment (flower-superlink + SuperNodes).
+
+- every method runs under ``engine=flower-sim`` on examples/tiny.toml and ends with the in-process engine's
+  adapter (allclose 1e-6) and byte counts (equal), including runs where nodes need base-update catch-up and
+  where the engine's idea of what a node holds is wrong (the node asks, the engine resends);
+- ``fedlora run CONFIG engine=flower-sim`` works from the command line;
+- a real ``flower-superlink`` and three ``flower-supernode`` processes on loopback run two rounds of FSLoRA and
+  two of FLoRIST through ``flwr run`` of the bundled Flower app (flower/), with the in-process results.
+
+Every process a test starts is stopped by pid (with its descendants: Flower's SuperExec and ClientApp
+processes), also when the test fails. The simulations of the first group share one Flower simulation (one Ray
+start-up) to keep the suite fast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+for _name, _value in (
+    ("FLWR_TELEMETRY_ENABLED", "0"),
+    ("FLWR_DISABLE_UPDATE_CHECK", "1"),
+    ("RAY_USAGE_STATS_ENABLED", "0"),
+    ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0"),  # Ray on loopback
+):
+    os.environ.setdefault(_name, _value)  # no phoning home (before flwr or ray is imported)
+
+pytest.importorskip("flwr")
+pytest.importorskip("ray")
+
+import torch  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
+
+from fedlora import federation  # noqa: E402
+from fedlora.config import load_config  # noqa: E402
+from fedlora.methods import METHODS  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "examples" / "tiny.toml"
+APP = ROOT / "flower"
+FAST = ["rounds=2", "data.max_examples=48", "train.local_steps=2", "threads=1"]
+CATCH_UP = ["seed=1", "rounds=3", "data.max_examples=48", "train.local_steps=2", "threads=1"]
+"""seed 1 samples clients [0,1,2], [1,2,3], [0,1,2]: client 0 skips round 2, whose downloads hand out round 1's base
+update, so in round 3 it needs that update besides round 2's (in its download)."""
+BIN = Path(sys.executable).parent
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+
+def _records(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def _assert_same_run(flower_dir: Path, inprocess_dir: Path) -> None:
+    """Same final adapter (1e-6), same bytes per round and in total, same participants and ranks."""
+    a = load_file(str(flower_dir / "adapter" / "adapter_model.safetensors"))
+    b = load_file(str(inprocess_dir / "adapter" / "adapter_model.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.allclose(a[key], b[key], rtol=0, atol=1e-6), key
+    fr, ir = _records(flower_dir), _records(inprocess_dir)
+    assert len(fr) == len(ir)
+    for x, y in zip(fr, ir, strict=True):
+        for key in ("participants", "ranks", "bytes_up", "bytes_down"):
+            assert x[key] == y[key], (x["round"], key)
+        assert x["train_loss"] == pytest.approx(y["train_loss"], abs=1e-5)
+    fs = json.loads((flower_dir / "summary.json").read_text())
+    ins = json.loads((inprocess_dir / "summary.json").read_text())
+    assert fs["totals"]["bytes_up"] == ins["totals"]["bytes_up"]
+    assert fs["totals"]["bytes_down"] == ins["totals"]["bytes_down"]
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every live descendant of ``pid`` (from /proc; Linux)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    found, stack = [], [pid]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            found.append(child)
+            stack.append(child)
+    return found
+
+
+class Processes:
+    """Processes a test starts; ``stop_all`` ends each one and its descendants by pid."""
+
+    def __init__(self) -> None:
+        self.started: list[subprocess.Popen] = []
+
+    def start(self, args: list[str], log: Path, env: dict, cwd: Path) -> subprocess.Popen:
+        handle = log.open("wb")
+        proc = subprocess.Popen(args, stdout=handle, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True)
+        handle.close()
+        self.started.append(proc)
+        return proc
+
+    def stop_all(self) -> None:
+        pids = []
+        for proc in self.started:
+            pids += [proc.pid, *_descendants(proc.pid)]
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, sig)
+            deadline = time.monotonic() + 10
+            for proc in self.started:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            if all(proc.poll() is not None for proc in self.started) and not any(_alive(p) for p in pids):
+                break
+        for proc in self.started:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=5)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return state[state.rindex(")") + 2] != "Z"
+
+
+def _wait_for_port(port: int, proc: subprocess.Popen, log: Path, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"{proc.args[0]} exited: {log.read_text()[-2000:]}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.3)
+    raise AssertionError(f"nothing listens on port {port} after {timeout} s: {log.read_text()[-2000:]}")
+
+
+@pytest.fixture(scope="module")
+def fedlora_cache(tmp_path_factory):
+    """A private fedlora cache for the nodes (the base updates they keep) and a private Flower home (Flower
+    writes into it), restored afterwards."""
+    cache = tmp_path_factory.mktemp("fedlora-cache")
+    saved = {name: os.environ.get(name) for name in ("FEDLORA_CACHE", "FLWR_HOME")}
+    os.environ["FEDLORA_CACHE"] = str(cache)
+    os.environ["FLWR_HOME"] = str(tmp_path_factory.mktemp("flwr-home"))
+    yield cache
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+# -------------------------------------------------------------------------------------------- simulation
+
+
+def _run_broken(grid, config, out: Path) -> Exception | None:
+    """A run whose engine sends client 2 a corrupt download: the error must name the client; None if none."""
+    import uuid
+
+    from fedlora.config import dump_config
+    from fedlora.engines.flower.engine import FlowerGridEngine, connect_nodes
+
+    class Corrupting(FlowerGridEngine):
+        def _train_message(self, cid, blob, history, holds):
+            return super()._train_message(cid, b"not a payload" if cid == 2 else blob, history, holds)
+
+    session = uuid.uuid4().hex[:12]
+    nodes = connect_nodes(grid, dump_config(config), config.partition.num_clients, session=session, threads=1)
+    engine = Corrupting(grid, nodes, session=session)
+    try:
+        federation.run(config, out, engine=engine)
+    except Exception as err:  # noqa: BLE001 - the test looks at it
+        return err
+    finally:
+        engine.finish()
+    return None
+
+
+def _run_forgetful(grid, config, out: Path) -> dict:
+    """A run whose engine believes every node holds every base update (wrong for a node that skipped rounds):
+    nodes must say what they lack, and the engine must resend it."""
+    import uuid
+
+    from fedlora.config import dump_config
+    from fedlora.engines.flower.engine import FlowerGridEngine, connect_nodes
+    from fedlora.engines.flower.node import expected_fingerprint
+
+    class Forgetful(FlowerGridEngine):
+        def run_clients(self, jobs):
+            self._holds = {cid: 10**6 for cid in self.nodes}
+            return super().run_clients(jobs)
+
+    session = uuid.uuid4().hex[:12]
+    nodes = connect_nodes(
+        grid,
+        dump_config(config),
+        config.partition.num_clients,
+        session=session,
+        base_fingerprint=expected_fingerprint(config),
+        threads=1,
+    )
+    engine = Forgetful(grid, nodes, session=session)
+    try:
+        return federation.run(config, out, engine=engine)
+    finally:
+        engine.finish()
+
+
+@pytest.fixture(scope="module")
+def simulated(tmp_path_factory, fedlora_cache):
+    """Flower-simulation runs (one simulation, one Ray start-up) and the same configs run in-process."""
+    from fedlora.cli import resume_config
+    from fedlora.engines.flower.server import run_on_grid
+    from fedlora.engines.flower.simulation import simulate
+
+    root = tmp_path_factory.mktemp("flower-sim")
+    jobs = {m: [*FAST, f"method={m}"] for m in METHODS}
+    jobs.update({f"catchup-{m}": [*CATCH_UP, f"method={m}"] for m in ("flora", "florist")})
+    forgetful = [*CATCH_UP, "method=florist"]
+    results: dict[str, dict] = {}
+    timings: dict[str, float] = {}
+
+    def main(grid) -> None:
+        for name, overrides in jobs.items():
+            started = time.perf_counter()
+            config = load_config(TINY, [*overrides, "engine=flower-sim"])
+            results[name] = run_on_grid(grid, config, root / "flower" / name, simulation=True)
+            timings[name] = time.perf_counter() - started
+        config = load_config(TINY, [*forgetful, "engine=flower-sim"])
+        results["forgetful"] = _run_forgetful(grid, config, root / "flower" / "forgetful")
+        config = load_config(TINY, [*FAST, "engine=flower-sim"])
+        results["broken"] = _run_broken(grid, config, root / "flower" / "broken")
+        # an in-process run of 2 rounds resumed to 3 on Flower: fresh nodes catch up from the original base
+        config = resume_config(root / "flower" / "resumed", None, ["rounds=3", "engine=flower-sim"])
+        results["resumed"] = run_on_grid(grid, config, root / "flower" / "resumed", resume=True, simulation=True)
+
+    federation.run(load_config(TINY, [*CATCH_UP, "method=florist", "rounds=2"]), root / "flower" / "resumed")
+    started = time.perf_counter()
+    simulate(main, load_config(TINY, FAST))
+    timings["simulation"] = time.perf_counter() - started
+    print("flower-sim timings (s):", {k: round(v, 1) for k, v in timings.items()})
+    for name, overrides in [*jobs.items(), ("forgetful", forgetful)]:
+        federation.run(load_config(TINY, overrides), root / "inprocess" / name)
+    assert not any((fedlora_cache / "flower").glob("run-*/client-*")), "nodes did not drop their base updates"
+    return root, results
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_runs_on_flower_sim_like_in_process(simulated, method):
+    root, results = simulated
+    out = root / "flower" / method
+    for name in ("config.resolved.toml", "metrics.jsonl", "summary.json", "adapter/adapter_model.safetensors"):
+        assert (out / name).is_file(), name
+    assert results[method]["method"] == method
+    assert load_config(out / "config.resolved.toml").engine == "flower-sim"
+    records = _records(out)
+    assert [r["round"] for r in records] == [1, 2]
+    assert all(r["catchup_bytes_down"] == 0 and r["flower_resent"] == 0 for r in records)
+    _assert_same_run(out, root / "inprocess" / method)
+
+
+@pytest.mark.parametrize("method", ["flora", "florist"])
+def test_nodes_that_missed_base_updates_catch_up(simulated, method):
+    """Client 0 skips round 2: in round 3 it gets round 1's base update as catch-up (counted apart)."""
+    root, _ = simulated
+    name = f"catchup-{method}"
+    records = _records(root / "flower" / name)
+    assert records[2]["participants"] == [0, 1, 2] and 0 not in records[1]["participants"]
+    assert records[0]["catchup_bytes_down"] == records[1]["catchup_bytes_down"] == 0
+    assert records[2]["catchup_bytes_down"] > 0
+    _assert_same_run(root / "flower" / name, root / "inprocess" / name)
+
+
+def test_a_node_lacking_base_updates_gets_them_resent(simulated):
+    root, _ = simulated
+    records = _records(root / "flower" / "forgetful")
+    assert records[2]["flower_resent"] >= 1 and records[2]["catchup_bytes_down"] > 0
+    _assert_same_run(root / "flower" / "forgetful", root / "inprocess" / "forgetful")
+
+
+def test_a_client_error_names_the_client(simulated):
+    from fedlora.errors import FedloraError
+
+    _, results = simulated
+    err = results["broken"]
+    assert isinstance(err, FedloraError), err
+    message = str(err)
+    assert message.startswith("flower: client 2 (Flower node") and "failed in training" in message
+    assert "JSONDecodeError" in message and "\n" not in message and len(message) < 700
+
+
+def test_a_run_resumed_on_flower_ends_as_the_uninterrupted_one(simulated):
+    """2 rounds in-process, then round 3 on flower-sim (every node catches up from the original base): the
+    uninterrupted in-process run's adapter and bytes."""
+    root, _ = simulated
+    resumed = root / "flower" / "resumed"
+    records = _records(resumed)
+    assert [r["round"] for r in records] == [1, 2, 3] and "catchup_bytes_down" in records[2]
+    assert records[2]["catchup_bytes_down"] > 0  # the round-1 update, to every participant
+    assert load_config(resumed / "config.resolved.toml").engine == "flower-sim"
+    _assert_same_run(resumed, root / "inprocess" / "catchup-florist")
+
+
+def test_a_client_builds_what_the_server_builds(tmp_path):
+    """The node's own builder gives the server's base weights, shard and training settings."""
+    from fedlora.engines.flower.node import build_client, expected_fingerprint, weights_fingerprint
+    from fedlora.setup import build
+
+    config = load_config(TINY, FAST)
+    setup = build(config, tmp_path, resume=False)
+    for cid in range(config.partition.num_clients):
+        client = build_client(config, cid)
+        assert client.examples == setup.client_examples[cid]
+        assert client.training == setup.training and client.pad_id == setup.pad_id
+    ours = client.model.state_dict()
+    theirs = setup.model.state_dict()
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    from transformers import AutoModelForCausalLM
+
+    saved = AutoModelForCausalLM.from_pretrained(tmp_path / "base", dtype=torch.float32)
+    assert weights_fingerprint(saved) == expected_fingerprint(config) == client.fingerprint
+
+
+def test_payloads_travel_as_their_exact_bytes():
+    from flwr.app import Message, RecordDict
+
+    from fedlora.engines.flower import wire
+
+    blob = bytes(range(256)) * 41 + b"\x00"
+    message = Message(RecordDict({wire.DOWNLOAD: wire.blob_record(blob)}), dst_node_id=1, message_type=wire.TRAIN)
+    assert wire.record_blob(message, wire.DOWNLOAD) == blob
+    assert wire.record_blob(message, wire.UPLOAD) is None
+
+
+def _env(**extra) -> dict:
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        "FLWR_TELEMETRY_ENABLED": "0",
+        "FLWR_DISABLE_UPDATE_CHECK": "1",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+    env.update(extra)
+    return env
+
+
+def test_cli_runs_on_flower_sim(tmp_path, fedlora_cache):
+    """`fedlora run CONFIG engine=flower-sim` in a real process, client resources from the config."""
+    out = tmp_path / "run"
+    procs = Processes()
+    try:
+        proc = procs.start(
+            [
+                str(BIN / "fedlora"),
+                "run",
+                str(TINY),
+                "engine=flower-sim",
+                "method=hetlora",
+                "rounds=1",
+                "data.max_examples=48",
+                "train.local_steps=1",
+                "threads=1",
+                "flower.client_num_cpus=1",
+                "--out",
+                str(out),
+            ],
+            tmp_path / "cli.log",
+            _env(),
+            tmp_path,
+        )
+        assert proc.wait(timeout=600) == 0, (tmp_path / "cli.log").read_text()[-3000:]
+    finally:
+        procs.stop_all()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["method"] == "hetlora" and summary["rounds"] == 1
+    assert len(_records(out)) == 1 and (out / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_cli_engine_flower_points_to_flwr_run(tmp_path):
+    from typer.testing import CliRunner
+
+    from fedlora.cli import app
+
+    result = CliRunner().invoke(app, ["run", str(TINY), "engine=flower", "--out", str(tmp_path / "x")])
+    assert result.exit_code == 2
+    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and "flwr run" in lines[0]
+
+
+# -------------------------------------------------------------------------------------------- deployment
+
+
+@pytest.fixture
+def federation_on_loopback(tmp_path, fedlora_cache):
+    """A real flower-superlink and three flower-supernode processes (partition-id 0, 1, 2) on free loopback
+    ports; yields (flwr environment, work folder, Processes); stops every process it or the test started
+    afterwards, by pid with their descendants, whatever happened."""
+    procs = Processes()
+    home = tmp_path / "flwr-home"
+    home.mkdir()
+    port = _free_port()
+    (home / "config.toml").write_text(
+        f'[superlink]\ndefault = "loopback"\n\n[superlink.loopback]\naddress = "127.0.0.1:{port}"\ninsecure = true\n'
+    )
+    env = _env(FLWR_HOME=str(home), FEDLORA_CACHE=str(fedlora_cache), FLWR_SUPEREXEC_TASK_POLL_INTERVAL="0.2")
+    try:
+        log = tmp_path / "superlink.log"
+        link = procs.start([str(BIN / "flower-superlink"), "--insecure", "--port", str(port)], log, env, tmp_path)
+        _wait_for_port(port, link, log)
+        for cid in range(3):
+            node_config = f'partition-id={cid} num-partitions=3 cache-dir="{tmp_path / f"node-{cid}"}"'
+            procs.start(
+                [
+                    str(BIN / "flower-supernode"),
+                    "--insecure",
+                    "--superlink",
+                    f"127.0.0.1:{port}",
+                    "--port",
+                    str(_free_port()),
+                    "--node-config",
+                    node_config,
+                ],
+                tmp_path / f"supernode-{cid}.log",
+                env,
+                tmp_path,
+            )
+        yield env, tmp_path, procs
+    finally:
+        pids = [p.pid for p in procs.started]
+        procs.stop_all()
+        assert not any(_alive(pid) for pid in pids)
+
+
+def test_deployment_superlink_and_three_supernodes(federation_on_loopback):
+    """Two rounds of FSLoRA, then two of FLoRIST, through `flwr run` of the bundled app (flower/); each run ends
+    as the same config run in-process. (The runs go one after the other: a SuperNode serves one message at a
+    time, so submitting both at once is no faster.)"""
+    env, work, procs = federation_on_loopback
+    for method in ("fslora", "florist"):
+        out = work / "runs" / method
+        run_config = f'out="{out}" overrides="method={method} rounds=2"'
+        log = work / f"flwr-run-{method}.log"
+        command = [str(BIN / "flwr"), "run", str(APP), "loopback", "--stream", "--run-config", run_config]
+        proc = procs.start(command, log, env, work)
+        assert proc.wait(timeout=600) == 0, log.read_text()[-3000:]
+        shown = log.read_text()
+        assert (out / "summary.json").is_file(), shown[-3000:]
+        assert "[fedlora] round 2 done" in shown
+        summary = json.loads((out / "summary.json").read_text())
+        config = load_config(out / "config.resolved.toml")
+        assert summary["method"] == method and config.engine == "flower" and config.partition.num_clients == 3
+        records = _records(out)
+        assert [r["round"] for r in records] == [1, 2]
+        assert all(r["bytes_up"] > 0 and r["train_loss"] > 0 for r in records)
+        assert "eval_loss" in records[-1] and (out / "adapter" / "adapter_model.safetensors").is_file()
+        reference = work / "inprocess" / method
+        federation.run(load_config(APP / "fedlora.toml", [f"method={method}", "rounds=2"]), reference)
+        _assert_same_run(out, reference)
+    for cid in range(3):  # every node dropped its runs' base updates
+        assert not list((work / f"node-{cid}").glob("run-*/client-*"))
