@@ -66,6 +66,19 @@ class RunSetup:
 # ------------------------------------------------------------------------------------------------ model
 
 
+def tiny_base(config: RunConfig) -> tuple[nn.Module, object]:
+    """The random tiny Llama of ``model.name = "tiny-random"``, the same bit for bit from the same seed."""
+    tiny = config.model.tiny
+    return tiny_random_llama(
+        seed=seeding.derive_seed(config.seed, "model") % 2**31,
+        hidden_size=tiny.hidden_size,
+        num_layers=tiny.num_layers,
+        num_heads=tiny.num_heads,
+        num_kv_heads=tiny.num_kv_heads,
+        intermediate_size=tiny.intermediate_size,
+    )
+
+
 def load_model(config: RunConfig, run_dir: Path, resume: bool) -> tuple[nn.Module, object, str]:
     """The base model and tokenizer. A random-init base is saved to DIR/base/ (and reloaded from it on resume)."""
     device = resolve_device(config.model.device)
@@ -78,15 +91,7 @@ def load_model(config: RunConfig, run_dir: Path, resume: bool) -> tuple[nn.Modul
         model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(base_dir)
     else:
-        tiny = config.model.tiny
-        model, tokenizer = tiny_random_llama(
-            seed=seeding.derive_seed(config.seed, "model") % 2**31,
-            hidden_size=tiny.hidden_size,
-            num_layers=tiny.num_layers,
-            num_heads=tiny.num_heads,
-            num_kv_heads=tiny.num_kv_heads,
-            intermediate_size=tiny.intermediate_size,
-        )
+        model, tokenizer = tiny_base(config)
         model.save_pretrained(base_dir)
         tokenizer.save_pretrained(base_dir)
     model.to(device=device, dtype=dtype).eval()
@@ -123,9 +128,10 @@ def _encode(tokenizer, template, examples, max_len: int) -> list[dict]:
     return [encode_example(tokenizer, template.prompt_for(ex), template.answer_for(ex), max_len) for ex in examples]
 
 
-def load_data(config: RunConfig, tokenizer) -> tuple[list[list[dict]], list[dict], EvalSet]:
-    """Encoded examples per client, a description of each shard, and the held-out evaluation set."""
-    data = config.data
+def training_split(config: RunConfig):
+    """(template, training rows, held-out rows, every client's raw shard): the data every engine's clients and the
+    server agree on, from the seeded source, hold-out split and partition."""
+    data, part = config.data, config.partition
     dataset = load_source(
         data.source,
         split=data.hf_split,
@@ -135,10 +141,8 @@ def load_data(config: RunConfig, tokenizer) -> tuple[list[list[dict]], list[dict
     )
     template = _template(config, dataset)
     validate_columns(dataset, template, data.source)
-    classification = isinstance(template, ClassificationTemplate)
-    stratify = data.label_field if classification else None
+    stratify = data.label_field if isinstance(template, ClassificationTemplate) else None
     train, held_out = holdout_split(dataset, data.eval_size, seed=config.seed, stratify_by=stratify)
-    part = config.partition
     shards = partition_dataset(
         train,
         part.num_clients,
@@ -148,6 +152,14 @@ def load_data(config: RunConfig, tokenizer) -> tuple[list[list[dict]], list[dict
         seed=config.seed,
         min_partition_size=part.min_partition_size,
     )
+    return template, train, held_out, shards
+
+
+def load_data(config: RunConfig, tokenizer) -> tuple[list[list[dict]], list[dict], EvalSet]:
+    """Encoded examples per client, a description of each shard, and the held-out evaluation set."""
+    data, part = config.data, config.partition
+    template, train, held_out, shards = training_split(config)
+    classification = isinstance(template, ClassificationTemplate)
     client_examples = [_encode(tokenizer, template, shard, data.max_seq_len) for shard in shards]
     summaries = describe_partitions(shards, part.key if part.key in train.column_names else None)
     eval_rows = list(held_out)

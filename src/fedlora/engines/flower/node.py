@@ -63,24 +63,15 @@ def client_base_model(config, device: str | None = None):
     """(model, tokenizer, fingerprint): the run's ORIGINAL base model, as the server's ``setup.load_model``
     builds it, without writing anything. A random tiny base is rebuilt from the run seed (bit for bit the one
     the server saved to DIR/base); ``fingerprint`` is a hash of its weights (empty for named models)."""
-    from fedlora import seeding
-    from fedlora.models import load_base_model, resolve_device, resolve_dtype, tiny_random_llama
-    from fedlora.setup import TINY
+    from fedlora.models import load_base_model, resolve_device, resolve_dtype
+    from fedlora.setup import TINY, tiny_base
 
     dev = resolve_device(device or config.model.device)
     dtype = resolve_dtype(config.model.dtype, dev)
     if config.model.name != TINY:
         model, tokenizer = load_base_model(config.model.name, device=dev, dtype=dtype)
         return model, tokenizer, ""
-    tiny = config.model.tiny
-    model, tokenizer = tiny_random_llama(
-        seed=seeding.derive_seed(config.seed, "model") % 2**31,
-        hidden_size=tiny.hidden_size,
-        num_layers=tiny.num_layers,
-        num_heads=tiny.num_heads,
-        num_kv_heads=tiny.num_kv_heads,
-        intermediate_size=tiny.intermediate_size,
-    )
+    model, tokenizer = tiny_base(config)
     fingerprint = weights_fingerprint(model)
     model.to(device=dev, dtype=dtype).eval()
     return model, tokenizer, fingerprint
@@ -116,26 +107,9 @@ class _Shards:
 
 def load_shards(config) -> _Shards:
     """Every client's raw training rows, by the same calls in the same order as ``fedlora.setup.load_data``."""
-    from fedlora.data import ClassificationTemplate, holdout_split, load_source, partition_dataset, validate_columns
-    from fedlora.setup import _template
+    from fedlora.setup import training_split
 
-    data, part = config.data, config.partition
-    dataset = load_source(
-        data.source, split=data.hf_split, subset=data.hf_subset, max_examples=data.max_examples, seed=config.seed
-    )
-    template = _template(config, dataset)
-    validate_columns(dataset, template, data.source)
-    stratify = data.label_field if isinstance(template, ClassificationTemplate) else None
-    train, _ = holdout_split(dataset, data.eval_size, seed=config.seed, stratify_by=stratify)
-    shards = partition_dataset(
-        train,
-        part.num_clients,
-        part.scheme,
-        alpha=part.alpha,
-        key=part.key,
-        seed=config.seed,
-        min_partition_size=part.min_partition_size,
-    )
+    template, _, _, shards = training_split(config)
     return _Shards(template, shards)
 
 
