@@ -109,11 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
-    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
-    os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-
     import torch
+
+    import fedlora.engines.flower  # noqa: F401  (no telemetry, update checks or Ray usage stats; Ray on loopback)
 
     print(
         f"# fedlora engines benchmark: rounds={args.rounds}, in-process threads={args.threads}, Flower client "

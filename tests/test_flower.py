@@ -26,13 +26,7 @@ from pathlib import Path
 
 import pytest
 
-for _name, _value in (
-    ("FLWR_TELEMETRY_ENABLED", "0"),
-    ("FLWR_DISABLE_UPDATE_CHECK", "1"),
-    ("RAY_USAGE_STATS_ENABLED", "0"),
-    ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0"),  # Ray on loopback
-):
-    os.environ.setdefault(_name, _value)  # no phoning home (before flwr or ray is imported)
+from fedlora.engines.flower import QUIET_ENV  # importing it sets it: no phoning home, Ray on loopback
 
 pytest.importorskip("flwr")
 pytest.importorskip("ray")
@@ -362,10 +356,7 @@ def _env(**extra) -> dict:
         "HF_HUB_OFFLINE": "1",
         "TOKENIZERS_PARALLELISM": "false",
         "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-        "FLWR_TELEMETRY_ENABLED": "0",
-        "FLWR_DISABLE_UPDATE_CHECK": "1",
-        "RAY_USAGE_STATS_ENABLED": "0",
-        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+        **QUIET_ENV,
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
     }
     env.update(extra)

@@ -422,14 +422,20 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     result = copy.deepcopy(data)
     for item in overrides:
         path, value = parse_override(item)
-        node = result
-        for part in path[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ConfigError(f"override {item!r}: {part} is not a section")
-            node = child
-        node[path[-1]] = value
+        set_dotted(result, path, value, f"override {item!r}")
     return result
+
+
+def set_dotted(data: dict[str, Any], path: list[str], value: Any, source: str) -> None:
+    """Set ``data[path[0]]...[path[-1]] = value`` in place, creating sections; ``source`` names the setting in
+    the error when a step of the path is a value, not a section."""
+    node = data
+    for part in path[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{source}: {part} is not a section")
+        node = child
+    node[path[-1]] = value
 
 
 def format_validation_error(err: ValidationError) -> str:
@@ -512,11 +518,7 @@ def apply_plan(data: dict[str, Any], plan_path: str) -> dict[str, Any]:
         raise ConfigError(f"plan {path}: made for {made_for['num_clients']} clients, but partition.num_clients is {n}")
     result = apply_overrides(data, [])
     for key, value in settings.items():
-        node = result
-        parts = key.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = value
+        set_dotted(result, key.split("."), value, f"plan {path}: setting {key!r}")
     result["plan_source"] = str(path.resolve())
     return result
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +32,7 @@ from fedlora.methods.base import ClientPlan
 from fedlora.network import planner
 from fedlora.network.system import SystemModel
 from fedlora.network.wireless import channel_gain
-from fedlora.setup import build
+from fedlora.setup import build, rank_caps
 
 FACTOR_AVERAGING = ("fslora", "fedit", "ffa")
 FULL_RANK = ("fedit", "ffa")
@@ -59,11 +59,6 @@ class PilotResult:
     local_tokens_per_s: float
     """This machine's training throughput at the full rank (tokens/s)."""
     seconds: float
-
-
-def caps(config: RunConfig, system: SystemModel) -> list[int]:
-    """The largest rank each client may train: its memory cap (fleet.max_rank), at most lora.rank."""
-    return [min(p.max_rank or config.lora.rank, config.lora.rank) for p in system.profiles]
 
 
 def _update_vector(method_name: str, plan: ClientPlan, trained, rank: int) -> torch.Tensor:
@@ -148,7 +143,7 @@ def run_pilot(config: RunConfig, work_dir: Path, log: Callable[[str], None] = la
     started = time.perf_counter()
     setup = build(config, work_dir, resume=False)
     n, r = config.partition.num_clients, config.lora.rank
-    cap = caps(config, setup.system)
+    cap = rank_caps(config)
     setup.budgets = [r] * n if config.method in FULL_RANK else cap
     method = build_method(config, setup)
     engine = InProcessEngine(setup.model, setup.layers, setup.client_examples, setup.training, setup.pad_id)
@@ -229,7 +224,7 @@ def run_pilot(config: RunConfig, work_dir: Path, log: Callable[[str], None] = la
 def fleet_model(config: RunConfig, system: SystemModel, pilot: PilotResult) -> planner.FleetModel:
     """The planner's view of the fleet: the config's system model plus the pilot's measurements."""
     n, r = config.partition.num_clients, config.lora.rank
-    cap = caps(config, system)
+    cap = rank_caps(config)
     if config.method in FULL_RANK:
         k_min, k_max = [r] * n, [r] * n
     else:
@@ -320,8 +315,9 @@ def make_plan(config: RunConfig, config_path: str, work_dir: Path, log: Callable
 
     policies = ["equal", "min_max"] if system.uplink == "wireless" else [system.allocation]
     timed = {}
+    calibrated = replace(system, rank_cost=pilot.rank_cost)  # the run will use the pilot's κ (plan settings)
     for policy in policies:
-        sys_p = SystemModel(system.profiles, r, pilot.rank_cost, system.uplink, system.bandwidth_hz, policy)
+        sys_p = replace(calibrated, allocation=policy)
         timed[policy] = simulated_round_s(sys_p, model, chosen.k, chosen.q, seed=config.seed)
     policy = min(timed, key=timed.get)
 
@@ -329,7 +325,7 @@ def make_plan(config: RunConfig, config_path: str, work_dir: Path, log: Callable
     m = min(config.sampling.clients_per_round, n)
     k_equal = [min(model.k_max)] * n if config.method not in FULL_RANK else [r] * n
     base = planner.uniform_baseline(model, m, k_equal)
-    sys_eq = SystemModel(system.profiles, r, pilot.rank_cost, system.uplink, system.bandwidth_hz, "equal")
+    sys_eq = replace(calibrated, allocation="equal")
     base_round_s = simulated_round_s(sys_eq, model, k_equal, None, per_round=m, seed=config.seed)
 
     settings: dict = {
@@ -381,4 +377,15 @@ def config_names(message: str) -> str:
 def _placeholder_pilot(config: RunConfig) -> PilotResult:
     """Neutral measurements, only for checking feasibility before the pilot runs."""
     n = config.partition.num_clients
-    return PilotResult([1.0 / n] * n, [1.0] * n, [1.0] * n, [1] * n, (0.0, 1.0), (0.0, 1.0), 0.0, 0.0, 1.0, 0.0)
+    return PilotResult(
+        weights=[1.0 / n] * n,
+        spread=[1.0] * n,
+        tokens=[1.0] * n,
+        ranks=[1] * n,
+        bytes_down=(0.0, 1.0),
+        bytes_up=(0.0, 1.0),
+        rank_cost=0.0,
+        rank_exponent=0.0,
+        local_tokens_per_s=1.0,
+        seconds=0.0,
+    )

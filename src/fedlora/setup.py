@@ -184,8 +184,7 @@ def client_budgets(config: RunConfig) -> list[int]:
     if fs.per_client is not None:
         return list(fs.per_client)
     drawn = draw_budgets(n, fs.k_min, fs.k_max or rank, fs.distribution, seeding.derive_seed(config.seed, "budgets"))
-    caps = per_client(config.fleet.max_rank, n) if config.fleet.max_rank is not None else [rank] * n
-    return [min(k, int(cap)) for k, cap in zip(drawn, caps, strict=True)]  # memory caps bound the draw
+    return [min(k, cap) for k, cap in zip(drawn, rank_caps(config), strict=True)]  # memory caps bound the draw
 
 
 def per_client(value, n: int) -> list:
@@ -193,10 +192,15 @@ def per_client(value, n: int) -> list:
     return list(value) if isinstance(value, list) else [value] * n
 
 
+def rank_caps(config: RunConfig) -> list[int]:
+    """The largest rank each client may train: its memory cap (fleet.max_rank), at most lora.rank."""
+    n, rank, caps = config.partition.num_clients, config.lora.rank, config.fleet.max_rank
+    return [min(int(cap), rank) for cap in per_client(caps, n)] if caps is not None else [rank] * n
+
+
 def client_profiles(config: RunConfig) -> list[ClientProfile]:
     """Each client's hardware and links from [fleet] and [network]."""
     n, fleet, net = config.partition.num_clients, config.fleet, config.network
-    caps = per_client(fleet.max_rank, n) if fleet.max_rank is not None else [config.lora.rank] * n
     profiles = []
     for tps, down, up, dist, power, cap in zip(
         per_client(fleet.tokens_per_s, n),
@@ -204,7 +208,7 @@ def client_profiles(config: RunConfig) -> list[ClientProfile]:
         per_client(fleet.uplink_mbps, n),
         per_client(fleet.distance_m, n),
         per_client(fleet.tx_power_dbm, n),
-        caps,
+        rank_caps(config),
         strict=True,
     ):
         channel = None
@@ -216,7 +220,7 @@ def client_profiles(config: RunConfig) -> list[ClientProfile]:
                 path_loss_exponent=net.path_loss_exponent,
                 ref_loss_db=net.ref_loss_db,
             )
-        profiles.append(ClientProfile(tps, down * 1e6, up * 1e6, channel, min(int(cap), config.lora.rank)))
+        profiles.append(ClientProfile(tps, down * 1e6, up * 1e6, channel, cap))
     return profiles
 
 
@@ -230,6 +234,27 @@ def system_model(config: RunConfig) -> SystemModel:
         bandwidth_hz=net.bandwidth_mhz * 1e6,
         allocation=net.allocation,
     )
+
+
+def local_training(config: RunConfig) -> LocalTraining:
+    """One client's local training settings, from [train] (the same for every engine)."""
+    t = config.train
+    return LocalTraining(
+        lr=t.lr,
+        local_steps=t.local_steps,
+        local_epochs=t.local_epochs,
+        batch_size=t.batch_size,
+        grad_accum=t.grad_accum,
+        lr_schedule=t.lr_schedule,
+        warmup_steps=t.warmup_steps,
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+    )
+
+
+def pad_token_id(tokenizer) -> int:
+    """The id batches are padded with: the tokenizer's pad token, else its end-of-sequence token."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
 def quiet_libraries() -> None:
@@ -253,19 +278,6 @@ def build(config: RunConfig, run_dir: Path, resume: bool) -> RunSetup:
         raise ConfigError(str(err)) from None
     shapes = {name: ModuleShape(layer.out_features, layer.in_features) for name, layer in layers.items()}
     client_examples, summaries, eval_set = load_data(config, tokenizer)
-    t = config.train
-    training = LocalTraining(
-        lr=t.lr,
-        local_steps=t.local_steps,
-        local_epochs=t.local_epochs,
-        batch_size=t.batch_size,
-        grad_accum=t.grad_accum,
-        lr_schedule=t.lr_schedule,
-        warmup_steps=t.warmup_steps,
-        weight_decay=t.weight_decay,
-        max_grad_norm=t.max_grad_norm,
-    )
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     return RunSetup(
         model=model,
         tokenizer=tokenizer,
@@ -277,6 +289,6 @@ def build(config: RunConfig, run_dir: Path, resume: bool) -> RunSetup:
         eval_set=eval_set,
         budgets=client_budgets(config),
         system=system_model(config),
-        training=training,
-        pad_id=pad_id,
+        training=local_training(config),
+        pad_id=pad_token_id(tokenizer),
     )

@@ -15,10 +15,11 @@ import os
 # fedlora reaches no network but package registries: no Flower telemetry or update checks, no Ray usage stats,
 # and a simulation's Ray stays on the loopback address (set before flwr or ray is imported; a value already in
 # the environment wins)
-for _name, _value in (
-    ("FLWR_TELEMETRY_ENABLED", "0"),
-    ("FLWR_DISABLE_UPDATE_CHECK", "1"),
-    ("RAY_USAGE_STATS_ENABLED", "0"),
-    ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0"),
-):
+QUIET_ENV = {
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "FLWR_DISABLE_UPDATE_CHECK": "1",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+}
+for _name, _value in QUIET_ENV.items():
     os.environ.setdefault(_name, _value)

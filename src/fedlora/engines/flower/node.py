@@ -41,24 +41,6 @@ _RUNTIME: _Runtime | None = None
 # ------------------------------------------------------------------------------------------- building
 
 
-def client_training(config):
-    """The local training settings of a run (as ``fedlora.setup.build`` makes them)."""
-    from fedlora.client.train import LocalTraining
-
-    t = config.train
-    return LocalTraining(
-        lr=t.lr,
-        local_steps=t.local_steps,
-        local_epochs=t.local_epochs,
-        batch_size=t.batch_size,
-        grad_accum=t.grad_accum,
-        lr_schedule=t.lr_schedule,
-        warmup_steps=t.warmup_steps,
-        weight_decay=t.weight_decay,
-        max_grad_norm=t.max_grad_norm,
-    )
-
-
 def client_base_model(config, device: str | None = None):
     """(model, tokenizer, fingerprint): the run's ORIGINAL base model, as the server's ``setup.load_model``
     builds it, without writing anything. A random tiny base is rebuilt from the run seed (bit for bit the one
@@ -136,12 +118,12 @@ class ClientSetup:
 def build_client(config, client_id: int, device: str | None = None) -> ClientSetup:
     """Everything client ``client_id`` of a run needs, built the way the server builds it, for that client only."""
     from fedlora.lora.layer import inject_lora
+    from fedlora.setup import local_training, pad_token_id
 
     model, tokenizer, fingerprint = client_base_model(config, device)
     layers = inject_lora(model, config.model.target_modules, config.lora.dropout)
     examples = encode_shard(config, tokenizer, load_shards(config), client_id)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    return ClientSetup(model, tokenizer, layers, examples, client_training(config), pad_id, fingerprint)
+    return ClientSetup(model, tokenizer, layers, examples, local_training(config), pad_token_id(tokenizer), fingerprint)
 
 
 # ---------------------------------------------------------------------------------------------- runtime
@@ -165,11 +147,11 @@ class _Runtime:
 
     def load_model(self) -> None:
         from fedlora.lora.layer import inject_lora
+        from fedlora.setup import pad_token_id
 
         self.model, self.tokenizer, self.fingerprint = client_base_model(self.config, self.device)
         self.layers = inject_lora(self.model, self.config.model.target_modules, self.config.lora.dropout)
-        tok = self.tokenizer
-        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        self.pad_id = pad_token_id(self.tokenizer)
         self.base_version = 0
 
     def client_examples(self, client_id: int, folder: Path | None = None) -> list[dict]:
@@ -198,7 +180,7 @@ def runtime(config_text: str, device: str | None, session: str) -> _Runtime:
     reused by the messages of the same run)."""
     global _RUNTIME
     from fedlora.config import RunConfig
-    from fedlora.setup import quiet_libraries
+    from fedlora.setup import local_training, quiet_libraries
 
     key = hashlib.sha256(f"{session}\n{device}\n{config_text}".encode()).hexdigest()
     if _RUNTIME is None or _RUNTIME.key != key:
@@ -206,7 +188,7 @@ def runtime(config_text: str, device: str | None, session: str) -> _Runtime:
 
         quiet_libraries()
         config = RunConfig.model_validate(tomllib.loads(config_text))
-        rt = _Runtime(key=key, config=config, device=device, training=client_training(config))
+        rt = _Runtime(key=key, config=config, device=device, training=local_training(config))
         rt.load_model()
         _RUNTIME = rt
     return _RUNTIME
