@@ -1,4 +1,4 @@
-"""``fedlora run CONFIG [key=value ...] --out DIR`` and ``--resume DIR``.
+"""``fedlora run CONFIG [key=value ...] --out DIR`` and ``--resume DIR``; ``fedlora plan``; ``fedlora report``.
 
 User errors (config, data, model path, run folder) print one line naming the field or file and exit with 2.
 """
@@ -40,7 +40,9 @@ class RichReporter:
         self.console.print(f"  client {client_id:>3} rank {rank:>3}  train_loss {train_loss:.4f}")
 
     def round_done(self, record: dict) -> None:
-        parts = [f"round {record['round']} done", f"train_loss {record['train_loss']:.4f}"]
+        parts = [f"round {record['round']} done"]
+        if record["train_loss"] is not None:  # None: nobody joined (independent sampling)
+            parts.append(f"train_loss {record['train_loss']:.4f}")
         if "eval_loss" in record:
             parts.append(f"eval_loss {record['eval_loss']:.4f}")
         if "eval_accuracy" in record:
@@ -54,8 +56,36 @@ class RichReporter:
         self.console.print("[green]" + " · ".join(parts) + "[/]")
 
     def evaluated(self, label: str, result: dict) -> None:
-        shown = ", ".join(f"{k} {v:.4f}" for k, v in result.items())
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in result.items() if isinstance(v, float))
         self.console.print(f"[cyan]eval {label}: {shown}[/]")
+
+
+class CompositeReporter:
+    """Forwards each progress call to every reporter that implements it (in order)."""
+
+    def __init__(self, *reporters) -> None:
+        self.reporters = reporters
+
+    def _each(self, name: str, *args) -> None:
+        for reporter in self.reporters:
+            method = getattr(reporter, name, None)
+            if method is not None:
+                method(*args)
+
+    def run_started(self, config, setup, start_round: int) -> None:
+        self._each("run_started", config, setup, start_round)
+
+    def round_started(self, round_idx: int, participants: list[int]) -> None:
+        self._each("round_started", round_idx, participants)
+
+    def client_done(self, round_idx: int, client_id: int, rank: int, train_loss: float) -> None:
+        self._each("client_done", round_idx, client_id, rank, train_loss)
+
+    def round_done(self, record: dict) -> None:
+        self._each("round_done", record)
+
+    def evaluated(self, label: str, result: dict) -> None:
+        self._each("evaluated", label, result)
 
 
 def resume_config(run_dir: Path, config: Path | None, overrides: list[str]):
@@ -123,6 +153,10 @@ def run(
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from fedlora.config import load_config  # light: config errors are reported before torch is imported
 
+    tensorboard = None
+    if resume is not None and config is not None and "=" in str(config) and not config.exists():
+        # `fedlora run --resume DIR rounds=6`: the first override lands in CONFIG's place
+        overrides, config = [str(config), *(overrides or [])], None
     try:
         if resume is not None:
             if out is not None and out.resolve() != resume.resolve():
@@ -134,9 +168,18 @@ def run(
                 raise FedloraError("usage: fedlora run CONFIG [key=value ...] --out DIR  (or --resume DIR)")
             cfg = load_config(config, list(overrides or []))
             run_dir = out
-        summary = _run_on_engine(cfg, run_dir, resume is not None, RichReporter(console))
+        reporter = RichReporter(console)
+        if cfg.log.tensorboard:
+            from fedlora.tensorboard_log import TensorBoardReporter
+
+            tensorboard = TensorBoardReporter(run_dir)
+            reporter = CompositeReporter(reporter, tensorboard)
+        summary = _run_on_engine(cfg, run_dir, resume is not None, reporter)
     except FedloraError as err:
         _fail(err)
+    finally:
+        if tensorboard is not None:
+            tensorboard.close()
     before = summary.get("initial_eval") or {}
     after = summary.get("final_eval") or {}
     if "eval_accuracy" in after:
@@ -216,6 +259,32 @@ def print_plan(result: dict) -> None:
         markup=False,
         highlight=False,
     )
+
+
+@app.command()
+def report(
+    runs: Annotated[list[Path], typer.Argument(metavar="RUN_DIR", help="run folders written by fedlora run")],
+    out: Annotated[Path, typer.Option("--out", help="folder for report.md, report.json and the PNG plots")],
+    ignore: Annotated[
+        list[str] | None,
+        typer.Option("--ignore", help="also ignore this config key or section when grouping (repeatable)"),
+    ] = None,
+    partial: Annotated[
+        bool, typer.Option("--partial", help="report folders without summary.json from metrics.jsonl")
+    ] = False,
+) -> None:
+    """Compare runs: group the same experiment's seeds, tabulate final accuracy, loss, bytes and time (mean ±
+    sample std), and plot accuracy and loss against round, bytes and simulated time."""
+    from fedlora.report import group_table, write_report
+
+    try:
+        result = write_report(runs, out, ignore=list(ignore or []), partial=partial)
+    except FedloraError as err:
+        _fail(err)
+    from rich.markdown import Markdown
+
+    console.print(Markdown("\n".join(group_table(result["groups"]))))
+    console.print(f"report in {out / 'report.md'} ({len(result['runs'])} runs, {len(result['plots'])} plots)")
 
 
 @app.command()

