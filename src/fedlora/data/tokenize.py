@@ -1,7 +1,9 @@
-"""Tokenising prompt/answer pairs, padding batches, and length-grouped batch orders.
+"""Tokenising prompt/answer pairs (causal LMs) and text/label pairs (encoders), padding batches, and
+length-grouped batch orders.
 
 The encoding rule of :func:`encode_example` is shared with evaluation (which scores answers as continuations
-of the same prompt ids), so change it in both places or not at all.
+of the same prompt ids), so change it in both places or not at all. :func:`encode_text_label` is the encoder
+classifier's rule: the text alone (no prompt template) and the label index.
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ import torch
 from fedlora.errors import DataError
 
 IGNORE_INDEX = -100
+CLASS_LABEL = "class_label"
+"""Key of an encoded example's label index (encoder classification); collated into a LongTensor [batch]."""
 
-__all__ = ["IGNORE_INDEX", "collate", "encode_example", "length_grouped_order"]
+__all__ = ["CLASS_LABEL", "IGNORE_INDEX", "collate", "encode_example", "encode_text_label", "length_grouped_order"]
 
 
 def encode_example(
@@ -63,14 +67,31 @@ def encode_example(
     }
 
 
+def encode_text_label(tokenizer: Any, text: str, label: int, max_len: int) -> dict[str, Any]:
+    """An encoder classifier's example: ``{"input_ids": tokenizer(text, truncation=True, max_length=max_len)
+    ["input_ids"], "class_label": label}`` (with the tokenizer's special tokens, e.g. [CLS] ... [SEP]; the text
+    is cut from the right to ``max_len`` tokens)."""
+    if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 1:
+        raise ValueError(f"max_len must be a positive integer, got {max_len!r}")
+    ids = list(tokenizer(str(text), truncation=True, max_length=max_len)["input_ids"])
+    if not ids:
+        raise DataError(f"text {text!r} tokenises to no tokens; nothing to classify")
+    return {"input_ids": ids, CLASS_LABEL: int(label)}
+
+
 def collate(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-pad encoded examples to the longest one.
 
     Returns ``input_ids`` (LongTensor b×T, padded with ``pad_id``), ``attention_mask`` (b×T, 1 on real
     tokens) and ``labels`` (b×T; ``-100`` on padding). Examples without ``labels`` get labels = input_ids.
+    Examples with a ``class_label`` (encoder classification; all or none of them) also give ``class_label``
+    (LongTensor [b]).
     """
     if not examples:
         raise ValueError("collate needs at least one example")
+    with_class = sum(CLASS_LABEL in ex for ex in examples)
+    if with_class not in (0, len(examples)):
+        raise ValueError(f"collate: {with_class} of {len(examples)} examples have a {CLASS_LABEL}")
     longest = max(len(ex["input_ids"]) for ex in examples)
     batch = len(examples)
     input_ids = torch.full((batch, longest), int(pad_id), dtype=torch.long)
@@ -86,7 +107,10 @@ def collate(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
             input_ids[row, :n] = torch.as_tensor(ids, dtype=torch.long)
             labels[row, :n] = torch.as_tensor(lab, dtype=torch.long)
             attention_mask[row, :n] = 1
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+    batch_tensors = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+    if with_class:
+        batch_tensors[CLASS_LABEL] = torch.tensor([int(ex[CLASS_LABEL]) for ex in examples], dtype=torch.long)
+    return batch_tensors
 
 
 def length_grouped_order(

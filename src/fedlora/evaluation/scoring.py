@@ -40,7 +40,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["classification_accuracy", "option_logprobs"]
+__all__ = ["choice_logprobs", "classification_accuracy", "multiple_choice_accuracy", "option_logprobs"]
 
 # Config attributes that transform logits after the LM head; when set, the head-only shortcut is not used.
 _LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_softcapping", "logit_scale", "logits_scaling")
@@ -126,6 +126,57 @@ def classification_accuracy(
     scores = option_logprobs(model, tokenizer, prompts, options, **kw)
     predicted = _argmax_lowest(scores)
     accuracy = (predicted == gold_t).double().mean().item()
+    return accuracy, predicted
+
+
+def choice_logprobs(
+    model: nn.Module,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    options: Sequence[Sequence[str]],
+    **kw: Any,
+) -> list[torch.Tensor]:
+    """Log-likelihood of each prompt's own options: a float64 tensor [len(options[i])] per prompt.
+
+    Prompts that share the same option list are scored together by :func:`option_logprobs` (so a
+    classification set, where every prompt has the same labels, takes its one-forward-per-prompt fast path when
+    the labels are single tokens). ``kw`` is passed on (``batch_size``, ``length_normalize``).
+    """
+    if len(options) != len(prompts):
+        raise ValueError(f"options has {len(options)} lists for {len(prompts)} prompts")
+    groups: dict[tuple[str, ...], list[int]] = {}
+    for i, opts in enumerate(options):
+        groups.setdefault(tuple(opts), []).append(i)
+    result: list[torch.Tensor] = [torch.empty(0)] * len(prompts)
+    for opts, members in groups.items():
+        scores = option_logprobs(model, tokenizer, [prompts[i] for i in members], list(opts), **kw)
+        for row, i in enumerate(members):
+            result[i] = scores[row]
+    return result
+
+
+def multiple_choice_accuracy(
+    model: nn.Module,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    options: Sequence[Sequence[str]],
+    gold: Sequence[int],
+    **kw: Any,
+) -> tuple[float, torch.Tensor]:
+    """Accuracy of picking each prompt's highest-scoring option (ties to the lowest index), and the picks.
+
+    Returns ``(accuracy in [0, 1], predicted option indices as a LongTensor [len(prompts)])``.
+    """
+    if len(gold) != len(prompts):
+        raise ValueError(f"gold has {len(gold)} answers for {len(prompts)} prompts")
+    if not prompts:
+        raise ValueError("no prompts to score")
+    for i, (g, opts) in enumerate(zip(gold, options, strict=True)):
+        if not 0 <= g < len(opts):
+            raise ValueError(f"prompt {i}: gold index {g} is not an option index in [0, {len(opts)})")
+    scores = choice_logprobs(model, tokenizer, prompts, options, **kw)
+    predicted = torch.tensor([int(_argmax_lowest(row[None, :])[0]) for row in scores], dtype=torch.long)
+    accuracy = (predicted == torch.as_tensor(list(gold), dtype=torch.long)).double().mean().item()
     return accuracy, predicted
 
 
