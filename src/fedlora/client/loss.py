@@ -4,6 +4,10 @@ For a batch of prompt+answer sequences most positions are prompt: computing voca
 wasted work (the LM head of a 49k-vocab model is a large share of the FLOPs). We take the decoder's hidden
 states, select the positions whose next token is an answer token, and project only those. The result equals
 the full forward's loss up to float rounding (tested).
+
+An :class:`~fedlora.models.encoder.EncoderClassifier` is trained with cross-entropy over its labels instead
+(:func:`class_loss`); :func:`batch_loss` and :func:`loss_terms` pick the loss by the model, so the local
+training loop is one loop for both.
 """
 
 from __future__ import annotations
@@ -11,6 +15,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from fedlora.data.tokenize import CLASS_LABEL
+from fedlora.models.encoder import EncoderClassifier
 
 IGNORE = -100
 
@@ -65,3 +72,28 @@ def mean_answer_loss(model: nn.Module, batches: list[dict[str, Tensor]]) -> floa
         total += float(loss)
         tokens += count
     return total / max(tokens, 1)
+
+
+def class_loss(
+    model: EncoderClassifier, input_ids: Tensor, attention_mask: Tensor, class_label: Tensor
+) -> tuple[Tensor, int]:
+    """(sum of the examples' cross-entropies over the labels, in nats; number of examples) for a right-padded
+    batch: input_ids, attention_mask [batch, T]; class_label [batch] label indices."""
+    logits = model(input_ids=input_ids, attention_mask=attention_mask)
+    return F.cross_entropy(logits.float(), class_label, reduction="sum"), int(class_label.shape[0])
+
+
+def loss_terms(model: nn.Module, batch: dict[str, Tensor]) -> int:
+    """How many terms the loss of a collated batch sums: its examples (classifier) or its answer tokens."""
+    if isinstance(model, EncoderClassifier):
+        return int(batch[CLASS_LABEL].shape[0])
+    return int((batch["labels"][:, 1:] != IGNORE).sum())
+
+
+def batch_loss(model: nn.Module, batch: dict[str, Tensor], device: torch.device) -> tuple[Tensor, int]:
+    """(summed loss, number of terms) of a collated batch: :func:`class_loss` for an encoder classifier,
+    :func:`answer_loss` for a causal LM."""
+    ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+    if isinstance(model, EncoderClassifier):
+        return class_loss(model, ids, mask, batch[CLASS_LABEL].to(device))
+    return answer_loss(model, ids, mask, batch["labels"].to(device))

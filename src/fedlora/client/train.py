@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from fedlora.client.loss import answer_loss
+from fedlora.client.loss import batch_loss, loss_terms
 from fedlora.data.tokenize import collate, length_grouped_order
 
 
@@ -36,7 +36,8 @@ class LocalTraining:
 @dataclass(frozen=True)
 class LocalResult:
     train_loss: float
-    """Mean answer-token loss over the round's micro-batches (before each step's update)."""
+    """Mean over the round's micro-batches (before each step's update) of the loss per answer token (causal LM)
+    or per example (encoder classifier), in nats."""
     steps: int
     tokens: int
     """Tokens processed (padding excluded)."""
@@ -70,7 +71,9 @@ def _micro_batches(examples: list[dict], count: int, batch_size: int, generator:
 def train_adapter(model: nn.Module, examples: list[dict], cfg: LocalTraining, pad_id: int, seed: int) -> LocalResult:
     """Train the model's trainable parameters (the installed LoRA factors) on encoded examples.
 
-    examples: dicts with ``input_ids`` and ``labels`` lists (fedlora.data.tokenize.encode_example).
+    examples: dicts with ``input_ids`` and ``labels`` lists (fedlora.data.tokenize.encode_example), or with
+    ``input_ids`` and a ``class_label`` for an encoder classifier (``encode_text_label``; cross-entropy over its
+    labels, normalised by the number of examples of the step as the answer loss is by its answer tokens).
     """
     if not examples:
         raise ValueError("client has no training examples")
@@ -87,13 +90,12 @@ def train_adapter(model: nn.Module, examples: list[dict], cfg: LocalTraining, pa
         for group in optimizer.param_groups:
             group["lr"] = cfg.lr * lr_factor(step, steps, cfg.warmup_steps, cfg.lr_schedule)
         micro = [collate([examples[i] for i in next(batches)], pad_id) for _ in range(cfg.grad_accum)]
-        answer_tokens = sum(int((m["labels"][:, 1:] != -100).sum()) for m in micro)
+        terms = sum(loss_terms(model, m) for m in micro)  # answer tokens, or examples for a classifier
         for m in micro:
-            ids, mask, labels = (m[k].to(device) for k in ("input_ids", "attention_mask", "labels"))
-            loss_sum, count = answer_loss(model, ids, mask, labels)
-            (loss_sum / max(answer_tokens, 1)).backward()
+            loss_sum, count = batch_loss(model, m, device)
+            (loss_sum / max(terms, 1)).backward()
             losses.append(loss_sum.item() / max(count, 1))
-            tokens += int(mask.sum())
+            tokens += int(m["attention_mask"].sum())
         if cfg.max_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
         optimizer.step()

@@ -1,26 +1,59 @@
-"""Evaluate the current global model on the held-out split: answer loss, and accuracy for classification."""
+"""Evaluate a model on a held-out set: answer loss (perplexity = exp of it) and, where answers are options,
+accuracy by the log-likelihood of each option. The same function runs during training and in ``fedlora eval``."""
 
 from __future__ import annotations
+
+import math
+from collections import defaultdict
 
 from torch import nn
 
 from fedlora.client.loss import mean_answer_loss
 from fedlora.data.tokenize import collate
-from fedlora.evaluation.scoring import classification_accuracy
+from fedlora.evaluation.encoder import evaluate_classifier
+from fedlora.evaluation.scoring import multiple_choice_accuracy
+from fedlora.models.encoder import EncoderClassifier
 
 
-def evaluate_heldout(model: nn.Module, tokenizer, eval_set, batch_size: int, pad_id: int) -> dict[str, float]:
-    """{"eval_loss": mean answer-token loss, "eval_accuracy": label log-likelihood accuracy (classification)}."""
+def evaluate_heldout(
+    model: nn.Module, tokenizer, eval_set, batch_size: int, pad_id: int, *, length_normalize: bool = False
+) -> dict:
+    """Held-out metrics of ``model`` (deterministic: eval mode, no sampling, fixed batching).
+
+    Returns ``eval_loss`` (mean answer-token cross-entropy, nats), ``eval_perplexity`` (its exp) and, when the
+    set has options, ``eval_accuracy`` in [0, 1], plus ``eval_task_accuracy`` {task: accuracy} for task mixtures.
+    An encoder classifier is evaluated by :func:`fedlora.evaluation.encoder.evaluate_classifier` instead
+    (``eval_loss`` is then the mean cross-entropy over the labels per example; no perplexity).
+    """
+    if isinstance(model, EncoderClassifier):
+        return evaluate_classifier(model, eval_set, batch_size, pad_id)
     model.eval()
     encoded = eval_set.encoded
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]["input_ids"]))
     batches = [
         collate([encoded[i] for i in order[s : s + batch_size]], pad_id) for s in range(0, len(order), batch_size)
     ]
-    result = {"eval_loss": mean_answer_loss(model, batches)}
+    loss = mean_answer_loss(model, batches)
+    result: dict = {"eval_loss": loss, "eval_perplexity": math.exp(min(loss, 700.0))}
     if eval_set.options is not None:
-        accuracy, _ = classification_accuracy(
-            model, tokenizer, eval_set.prompts, eval_set.options, eval_set.gold, batch_size=batch_size
+        accuracy, predicted = multiple_choice_accuracy(
+            model,
+            tokenizer,
+            eval_set.prompts,
+            eval_set.options,
+            eval_set.gold,
+            batch_size=batch_size,
+            length_normalize=length_normalize,
         )
         result["eval_accuracy"] = accuracy
+        if eval_set.tasks is not None:
+            result["eval_task_accuracy"] = task_accuracy(eval_set.tasks, predicted.tolist(), eval_set.gold)
     return result
+
+
+def task_accuracy(tasks: list[str], predicted: list[int], gold: list[int]) -> dict[str, float]:
+    """Accuracy per task, tasks in sorted order."""
+    hits: dict[str, list[int]] = defaultdict(list)
+    for task, p, g in zip(tasks, predicted, gold, strict=True):
+        hits[task].append(int(p == g))
+    return {task: sum(h) / len(h) for task, h in sorted(hits.items())}

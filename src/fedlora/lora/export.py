@@ -3,6 +3,10 @@
 ``PeftModel.from_pretrained(base_model, DIR)`` loads the result. PEFT computes scale = lora_alpha / r per module;
 for each module we write r = its rank and lora_alpha = scale · r (per-module values go in rank_pattern /
 alpha_pattern when ranks differ), so the loaded model is exactly W0 + scale · B A.
+
+The PEFT task type follows the base: ``CAUSAL_LM`` for a causal LM, ``FEATURE_EXTRACTION`` for an encoder
+(``fedlora.models.is_encoder_model``): load that adapter onto the bare encoder (``load_base_encoder``, a
+``BertModel``); module paths of fedlora's encoder classifier are the encoder's own, so the keys match.
 """
 
 from __future__ import annotations
@@ -27,13 +31,22 @@ def peft_state_dict(factors: Mapping[str, tuple[Tensor, Tensor]]) -> dict[str, T
     return state
 
 
+def peft_task_type(base_model: str) -> str:
+    """PEFT's task type for an adapter on ``base_model`` (a model.name, or the folder of a random base)."""
+    from fedlora.models.encoder import is_encoder_model
+
+    return "FEATURE_EXTRACTION" if is_encoder_model(base_model) else "CAUSAL_LM"
+
+
 def adapter_config(
     factors: Mapping[str, tuple[Tensor, Tensor]],
     scales: Mapping[str, float],
     target_modules: list[str],
     base_model: str,
+    task_type: str | None = None,
 ) -> dict:
-    """A PEFT LoraConfig dict reproducing W0 + scale · B A for every module."""
+    """A PEFT LoraConfig dict reproducing W0 + scale · B A for every module (``task_type``: by default
+    :func:`peft_task_type` of ``base_model``)."""
     ranks = {name: int(A.shape[0]) for name, (_, A) in factors.items()}
     rank = max(set(ranks.values()), key=list(ranks.values()).count)  # the most common rank
     default_scale = max(set(scales.values()), key=list(scales.values()).count)
@@ -43,7 +56,7 @@ def adapter_config(
     }
     return {
         "peft_type": "LORA",
-        "task_type": "CAUSAL_LM",
+        "task_type": task_type or peft_task_type(base_model),
         "base_model_name_or_path": base_model,
         "r": rank,
         "lora_alpha": default_scale * rank,
@@ -65,9 +78,10 @@ def save_peft_adapter(
     scales: Mapping[str, float],
     target_modules: list[str],
     base_model: str,
+    task_type: str | None = None,
 ) -> None:
     """Write ``adapter_config.json`` and ``adapter_model.safetensors`` into ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    config = adapter_config(factors, scales, target_modules, base_model)
+    config = adapter_config(factors, scales, target_modules, base_model, task_type)
     save_file(peft_state_dict(factors), str(out_dir / "adapter_model.safetensors"))
     (out_dir / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")

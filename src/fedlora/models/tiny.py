@@ -1,4 +1,4 @@
-"""Tiny random Llama models and a byte-level tokenizer for tests: built offline, in milliseconds.
+"""Tiny random Llama and BERT models and a byte-level tokenizer for tests: built offline, in milliseconds.
 
 The tokenizer has 259 tokens: ``<pad>`` = 0, ``<s>`` = 1, ``</s>`` = 2, then one token per byte value
 (byte ``b`` is id ``b + 3``). Encoding with ``add_special_tokens=True`` (the default) puts ``<s>`` in front;
@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import BertConfig, BertModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-__all__ = ["BYTE_OFFSET", "byte_tokenizer", "tiny_random_llama"]
+__all__ = ["BYTE_OFFSET", "byte_tokenizer", "tiny_random_bert", "tiny_random_llama"]
 
 PAD, BOS, EOS = "<pad>", "<s>", "</s>"
 BYTE_OFFSET = 3
@@ -92,5 +92,41 @@ def tiny_random_llama(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = LlamaForCausalLM(config)
+    model.eval()
+    return model, tokenizer
+
+
+def tiny_random_bert(
+    *,
+    seed: int = 0,
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    intermediate_size: int = 128,
+    max_position_embeddings: int = 512,
+) -> tuple[BertModel, PreTrainedTokenizerFast]:
+    """A randomly initialised float32 BERT encoder without pooler (eval mode, on CPU) with the
+    :func:`byte_tokenizer`'s vocabulary (``<s>`` plays [CLS], ``<pad>`` = 0 is BERT's pad id).
+
+    The same ``seed`` gives the same weights bit for bit; the global torch RNG is left untouched. Its linear
+    layers are named like MiniLM's (``query``, ``key``, ``value``, ``dense``); dropout is BERT's 0.1. With the
+    defaults it has ~0.1 M parameters and builds in a few milliseconds.
+    """
+    tokenizer = byte_tokenizer()
+    tokenizer.model_max_length = max_position_embeddings
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        intermediate_size=intermediate_size,
+        max_position_embeddings=max_position_embeddings,
+        pad_token_id=tokenizer.pad_token_id,
+        initializer_range=0.02,
+        dtype="float32",
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = BertModel(config, add_pooling_layer=False)
     model.eval()
     return model, tokenizer

@@ -44,12 +44,17 @@ _RUNTIME: _Runtime | None = None
 def client_base_model(config, device: str | None = None):
     """(model, tokenizer, fingerprint): the run's ORIGINAL base model, as the server's ``setup.load_model``
     builds it, without writing anything. A random tiny base is rebuilt from the run seed (bit for bit the one
-    the server saved to DIR/base); ``fingerprint`` is a hash of its weights (empty for named models)."""
-    from fedlora.models import load_base_model, resolve_device, resolve_dtype
-    from fedlora.setup import TINY, tiny_base
+    the server saved to DIR/base); ``fingerprint`` is a hash of its weights (empty for named models). An encoder
+    comes as the same EncoderClassifier (fixed label head) the server builds."""
+    from fedlora.models import TINY_BERT, load_base_model, resolve_device, resolve_dtype
+    from fedlora.setup import TINY, encoder_base, is_encoder_run, tiny_base, tiny_bert_base
 
     dev = resolve_device(device or config.model.device)
     dtype = resolve_dtype(config.model.dtype, dev)
+    if is_encoder_run(config):
+        fingerprint = weights_fingerprint(tiny_bert_base(config)[0]) if config.model.name == TINY_BERT else ""
+        model, tokenizer = encoder_base(config, dev, dtype)
+        return model, tokenizer, fingerprint
     if config.model.name != TINY:
         model, tokenizer = load_base_model(config.model.name, device=dev, dtype=dtype)
         return model, tokenizer, ""
@@ -72,9 +77,10 @@ def weights_fingerprint(model) -> str:
 
 def expected_fingerprint(config) -> str:
     """The fingerprint every node's base must have ("" when the base is a named model, not a random one)."""
+    from fedlora.models import TINY_BERT
     from fedlora.setup import TINY
 
-    if config.model.name != TINY:
+    if config.model.name not in (TINY, TINY_BERT):
         return ""
     return client_base_model(config, device="cpu")[2]
 
@@ -97,9 +103,10 @@ def load_shards(config) -> _Shards:
 
 def encode_shard(config, tokenizer, shards: _Shards, client_id: int) -> list[dict]:
     """Client ``client_id``'s encoded training examples (what ``setup.build`` gives in client_examples)."""
-    from fedlora.setup import _encode
+    from fedlora.setup import _encode, is_encoder_run
 
-    return _encode(tokenizer, shards.template, shards.shards[client_id], config.data.max_seq_len)
+    shard = shards.shards[client_id]
+    return _encode(tokenizer, shards.template, shard, config.data.max_seq_len, is_encoder_run(config))
 
 
 @dataclass
