@@ -287,6 +287,43 @@ def report(
     console.print(f"report in {out / 'report.md'} ({len(result['runs'])} runs, {len(result['plots'])} plots)")
 
 
+@app.command("eval")
+def evaluate(
+    run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="a run folder written by fedlora run")],
+    overrides: Annotated[
+        list[str] | None, typer.Argument(help="dotted key=value overrides of the run's config (e.g. other data)")
+    ] = None,
+    adapter: Annotated[
+        Path | None, typer.Option("--adapter", help="PEFT adapter folder (default: RUN_DIR/adapter)")
+    ] = None,
+    base_only: Annotated[bool, typer.Option("--base-only", help="evaluate the base model without an adapter")] = False,
+    out: Annotated[Path | None, typer.Option("--out", help="also write the metrics to this JSON file")] = None,
+) -> None:
+    """Evaluate an exported adapter on the run's held-out data, with the evaluation code training uses."""
+    import json
+
+    from fedlora import rundir
+    from fedlora.evaluation.standalone import evaluate_adapter
+
+    try:
+        result = evaluate_adapter(run_dir, adapter, list(overrides or []), base_only=base_only)
+    except FedloraError as err:
+        _fail(err)
+    for key, value in result.items():
+        if isinstance(value, dict):
+            console.print(f"{key}: " + ", ".join(f"{k} {v:.4f}" for k, v in value.items()))
+        else:
+            console.print(f"{key}: {value:.6f}")
+    text = json.dumps(result, indent=2, sort_keys=True) + "\n"
+    if out is not None:
+        try:
+            rundir.atomic_write_text(out, text)
+        except OSError as err:
+            _fail(FedloraError(f"--out {out}: cannot write ({err.strerror or err})"))
+    else:
+        print(text, end="")
+
+
 @app.command()
 def version() -> None:
     """Print the fedlora version."""
