@@ -297,9 +297,10 @@ def test_causal_names_are_not_encoders(tmp_path):
 
 @pytest.mark.parametrize("task", ["instruction", "multiple_choice"])
 def test_an_encoder_with_a_non_classification_task_is_a_config_error(tmp_path, task):
-    with pytest.raises(ConfigError, match=r"^data\.task: .*encoder") as err:
+    with pytest.raises(ConfigError, match=r"data\.task: .*encoder") as err:
         federation.run(load_config(TINY, [*FAST, f"data.task={task}"]), tmp_path / task)
     assert "\n" not in str(err.value)
+    assert not (tmp_path / task).exists()  # rejected with the config, before anything is written
 
 
 def test_missing_minilm_package_names_the_pip_command(monkeypatch):

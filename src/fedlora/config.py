@@ -22,7 +22,7 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class TinyModelConfig(_Section):
+class TinyModelConfig(_Section):  # shapes "tiny-random" (Llama) and "tiny-random-bert" (no num_kv_heads)
     """Shape of the random Llama built when ``model.name = "tiny-random"`` (tests and examples/tiny.toml)."""
 
     hidden_size: int = Field(64, ge=8)
@@ -350,6 +350,11 @@ class RunConfig(_Section):
     @model_validator(mode="after")
     def _check(self) -> RunConfig:
         n = self.partition.num_clients
+        if self.model.name in ("minilm-l6", "tiny-random-bert") and self.data.task != "classification":
+            raise ValueError(
+                f'data.task: the encoder {self.model.name!r} classifies with a label head; use "classification", '
+                f"not {self.data.task!r}"
+            )
         if self.sampling.scheme == "uniform" and self.sampling.clients_per_round > n:
             raise ValueError(
                 f"sampling.clients_per_round: {self.sampling.clients_per_round} exceeds partition.num_clients={n}"
