@@ -183,10 +183,8 @@ def run(
     before = summary.get("initial_eval") or {}
     after = summary.get("final_eval") or {}
     if "eval_accuracy" in after:
-        console.print(
-            f"[bold]held-out accuracy: before {before.get('eval_accuracy', float('nan')):.3f} → "
-            f"after {after['eval_accuracy']:.3f}[/]"
-        )
+        start = f"before {before['eval_accuracy']:.3f} → " if "eval_accuracy" in before else ""
+        console.print(f"[bold]held-out accuracy: {start}after {after['eval_accuracy']:.3f}[/]")
     console.print(f"outputs in {run_dir}")
 
 
