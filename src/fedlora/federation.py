@@ -14,12 +14,12 @@ from typing import Protocol
 
 import torch
 
-from fedlora import __version__, payload, rundir, seeding
+from fedlora import __version__, crashpoints, payload, rundir, seeding
 from fedlora.client.app import install_adapter
 from fedlora.config import RunConfig, dump_config
 from fedlora.engines.base import Engine
 from fedlora.engines.inprocess import InProcessEngine
-from fedlora.errors import CheckpointError
+from fedlora.errors import CheckpointError, ConfigError
 from fedlora.evaluation.heldout import evaluate_heldout
 from fedlora.lora.export import save_peft_adapter
 from fedlora.lora.layer import merge_update
@@ -185,6 +185,11 @@ def run(
     run_dir.mkdir(parents=True, exist_ok=True)
     if not resume and (run_dir / rundir.CHECKPOINT_DIR).exists():
         raise CheckpointError(f"{run_dir}: already holds a run; use --resume {run_dir} or another --out")
+    checkpoint = rundir.load_checkpoint(run_dir) if resume and rundir.has_checkpoint(run_dir) else None
+    if checkpoint is not None and checkpoint[0] > config.rounds:  # checked before anything is loaded or written
+        raise ConfigError(f"rounds: {config.rounds} is below the {checkpoint[0]} rounds {run_dir} has already done")
+    # the config first (with or without a checkpoint, e.g. more rounds): a run killed from here on can be resumed
+    rundir.atomic_write_text(run_dir / rundir.CONFIG_FILE, dump_config(config))
     setup = build(config, run_dir, resume)
     method = build_method(config, setup)
     if engine is None:
@@ -196,17 +201,15 @@ def run(
 
     # ---------------------------------------------------------------- start or resume
     start_round, records, initial_eval = 1, [], None
-    if resume:
-        last, tensors, meta = rundir.load_checkpoint(run_dir)
+    if checkpoint is not None:  # (a run killed before its first checkpoint starts over)
+        last, tensors, meta = checkpoint
         method.load_state_tensors(tensors, meta["method_steps"])
         for update in method.base_history():
             merge_update(setup.layers, update)
         records = rundir.keep_metrics_through(run_dir, last)
-        rundir.atomic_write_text(run_dir / rundir.CONFIG_FILE, dump_config(config))  # e.g. more rounds
         initial_eval = meta.get("initial_eval")
         start_round = last + 1
     else:
-        rundir.atomic_write_text(run_dir / rundir.CONFIG_FILE, dump_config(config))
         # no checkpoint yet: lines of an attempt that crashed before its first checkpoint cannot be resumed
         rundir.atomic_write_text(run_dir / rundir.METRICS_FILE, "")
         if config.eval.before:
@@ -239,6 +242,7 @@ def run(
             metas.append(meta)
             meta["bytes_up"] = len(upload)
             reporter.client_done(round_idx, plan.client_id, plan.rank, float(meta["train_loss"]))
+        crashpoints.reached("round:trained")
         timing = setup.system.round(
             participants,
             [plan.rank for plan in plans],

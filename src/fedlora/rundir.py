@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from fedlora import crashpoints
 from fedlora.errors import CheckpointError
 
 CONFIG_FILE = "config.resolved.toml"
@@ -32,11 +35,32 @@ def _fsync_dir(path: Path) -> None:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``path`` through a temporary file, fsync and rename: a crash leaves the old file or the new one."""
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
+    crashpoints.reached(f"write:{path.name}")
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def atomic_write_dir(path: Path, write: Callable[[Path], None]) -> None:
+    """Fill a folder with ``write(tmp_dir)`` under a temporary name, fsync its files, then rename it to ``path``
+    (replacing a previous one): a crash leaves no half-written ``path``."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    write(tmp)
+    for file in tmp.rglob("*"):
+        if file.is_file():
+            with open(file, "rb+") as f:
+                os.fsync(f.fileno())
+    _fsync_dir(tmp)
+    crashpoints.reached(f"dir:{path.name}")
+    if path.exists():
+        shutil.rmtree(path)
     os.replace(tmp, path)
     _fsync_dir(path.parent)
 
@@ -55,6 +79,7 @@ def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
         f.write(json.dumps(record) + "\n")
         f.flush()
         os.fsync(f.fileno())
+    crashpoints.reached("metrics:appended")
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
@@ -89,11 +114,19 @@ def save_checkpoint(run_dir: Path, round_idx: int, tensors: dict[str, Tensor], m
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
     with open(tmp, "rb+") as f:
         os.fsync(f.fileno())
+    crashpoints.reached("checkpoint:state-tmp")
     os.replace(tmp, ckpt / name)
+    _fsync_dir(ckpt)
+    crashpoints.reached("checkpoint:state-renamed")
     write_json(ckpt / LATEST, {"round": round_idx, "state": name, **meta})
     for old in ckpt.glob("round-*.safetensors"):
         if old.name != name:
             old.unlink()
+
+
+def has_checkpoint(run_dir: Path) -> bool:
+    """Whether a round's checkpoint was committed (latest.json is written last, atomically)."""
+    return (run_dir / CHECKPOINT_DIR / LATEST).is_file()
 
 
 def load_checkpoint(run_dir: Path) -> tuple[int, dict[str, Tensor], dict[str, Any]]:

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from fedlora import seeding
+from fedlora import rundir, seeding
 from fedlora.budgets import draw_budgets
 from fedlora.client.train import LocalTraining
 from fedlora.config import RunConfig
@@ -154,9 +154,13 @@ def _load_encoder(
         model = EncoderClassifier(encoder, tokenizer, class_labels(config))
     else:
         model, tokenizer = encoder_base(config, device, dtype)
-        model.backbone.save_pretrained(base_dir)
-        tokenizer.save_pretrained(base_dir)
+        rundir.atomic_write_dir(base_dir, lambda d: _save_pretrained(model.backbone, tokenizer, d))
     return model, tokenizer, str(base_dir.resolve())
+
+
+def _save_pretrained(model: nn.Module, tokenizer, directory: Path) -> None:
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
 
 
 def load_model(config: RunConfig, run_dir: Path, resume: bool) -> tuple[nn.Module, object, str]:
@@ -175,8 +179,7 @@ def load_model(config: RunConfig, run_dir: Path, resume: bool) -> tuple[nn.Modul
         tokenizer = AutoTokenizer.from_pretrained(base_dir)
     else:
         model, tokenizer = tiny_base(config)
-        model.save_pretrained(base_dir)
-        tokenizer.save_pretrained(base_dir)
+        rundir.atomic_write_dir(base_dir, lambda d: _save_pretrained(model, tokenizer, d))
     model.to(device=device, dtype=dtype).eval()
     return model, tokenizer, str(base_dir.resolve())
 

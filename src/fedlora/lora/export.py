@@ -16,8 +16,10 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import save
 from torch import Tensor
+
+from fedlora.rundir import atomic_write_bytes, atomic_write_text
 
 PEFT_PREFIX = "base_model.model."
 
@@ -83,5 +85,6 @@ def save_peft_adapter(
     """Write ``adapter_config.json`` and ``adapter_model.safetensors`` into ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     config = adapter_config(factors, scales, target_modules, base_model, task_type)
-    save_file(peft_state_dict(factors), str(out_dir / "adapter_model.safetensors"))
-    (out_dir / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    # each file atomically: a crash mid-export leaves every file old or new, and a resume writes them again
+    atomic_write_bytes(out_dir / "adapter_model.safetensors", save(peft_state_dict(factors)))
+    atomic_write_text(out_dir / "adapter_config.json", json.dumps(config, indent=2) + "\n")
