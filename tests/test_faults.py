@@ -293,6 +293,8 @@ def test_read_upload_accepts_a_good_upload_and_measures_the_update_norm():
         (lambda B, A: _blob(B[:, :2], A), "m.lora_B: rank 2, expected 3"),
         (lambda B, A: _blob(B[:5], A), "m.lora_B: shape 5×3, expected 6×3"),
         (lambda B, A: _blob(B[None], A), "m.lora_B: shape 1×6×3, expected 6×3"),
+        (lambda B, A: _blob(B, A[0]), "m.lora_A: shape 5, expected 3×5"),
+        (lambda B, A: _blob(B, A.sum()), "m.lora_A: shape scalar, expected 3×5"),
         (lambda B, A: _blob(B.half(), A), "m.lora_B: dtype torch.float16, expected torch.float32"),
         (lambda B, A: _blob(B, A, train_loss=math.nan), "train_loss is nan"),
         (lambda B, A: payload.pack({"m.lora_B": B, "m.lora_A": A}, {"train_loss": 1.0}), "metadata lacks"),

@@ -1,7 +1,13 @@
-"""The round loop, written once: sample → plan payloads → run clients → aggregate → evaluate → checkpoint.
+"""The round loop, written once: sample → plan payloads → run clients → check uploads → aggregate → evaluate →
+checkpoint.
 
 It knows nothing of transport: it serialises each client's payload, hands the blob to an engine, and reads
 the blob the engine hands back. Every number a run reports comes from here and goes to the run folder.
+
+A client that fails (the engine's ``ClientFailure``) or whose upload fails validation (``fedlora.validation``)
+is left out of the round and recorded; the others are aggregated with the weights of the successful clients
+(docs/methods.md, "Client faults"). With ``[privacy]`` the updates are clipped and the aggregate noised
+(``fedlora.privacy``, docs/privacy.md).
 """
 
 from __future__ import annotations

@@ -57,11 +57,10 @@ def check_tensor(key: str, value: Tensor, sent: Tensor, rank: int) -> None:
     if value.dtype != sent.dtype:
         raise UpdateRejected(f"{key}: dtype {value.dtype}, expected {sent.dtype}")
     if value.shape != sent.shape:
-        is_B = key.endswith("lora_B")
-        got_rank = value.shape[1 if is_B else 0] if value.dim() == 2 else None
-        other = (value.shape[0] == sent.shape[0]) if is_B else (value.shape[1] == sent.shape[1])
-        if value.dim() == 2 and other and got_rank != rank:
-            raise UpdateRejected(f"{key}: rank {got_rank}, expected {rank} (shape {_shape(value)})")
+        if value.dim() == 2:  # B is m×r, A is r×n: the same m (n) but another r is a wrong rank
+            rank_dim, other_dim = (1, 0) if key.endswith("lora_B") else (0, 1)
+            if value.shape[other_dim] == sent.shape[other_dim] and value.shape[rank_dim] != rank:
+                raise UpdateRejected(f"{key}: rank {value.shape[rank_dim]}, expected {rank} (shape {_shape(value)})")
         raise UpdateRejected(f"{key}: shape {_shape(value)}, expected {_shape(sent)}")
     finite = torch.isfinite(value)
     if not bool(finite.all()):
