@@ -133,6 +133,27 @@ def receive_upload(
         return f"rejected: {err}"
 
 
+def aggregate_privately(
+    config: RunConfig,
+    method,
+    plans: list[ClientPlan],
+    uploads: list[Factors],
+    weights: list[float],
+    num_examples: list[int],
+    round_idx: int,
+) -> tuple[dict, dict]:
+    """Client-level DP aggregation (docs/privacy.md): clip each update to privacy.clip_norm, aggregate, and let the
+    method add N(0, (σ·C·w_max)²) to its aggregate (only FactorAveraging methods take ``noise``; the config allows
+    DP for no other). Returns (the method's facts, the DP facts for the round's record)."""
+    clip = config.privacy.clip_norm
+    clipped = [privacy.clip_update(p.factors, u, clip) for p, u in zip(plans, uploads, strict=True)]
+    w_max = max_client_weight(config, weights, num_examples)
+    std = privacy.noise_std(clip, config.privacy.noise_multiplier, w_max)
+    noise = privacy.GaussianNoise(std, seeding.generator(config.seed, "dp-noise", round_idx))
+    facts = method.aggregate(plans, [c for c, _ in clipped], weights, noise=noise)
+    return facts, {"dp_noise_std": std, "dp_clipped": sum(norm > clip for _, norm in clipped)}
+
+
 def max_client_weight(config: RunConfig, weights: list[float], num_examples: list[int]) -> float:
     """w_max, the largest aggregation weight one client can get this round (the DP sensitivity is w_max · C): the
     participants' common weight under uniform sampling (DP requires server.weighting = "uniform"), the largest
@@ -333,15 +354,10 @@ def run(
         dp_facts: dict = {}
         if config.privacy.clip_norm is None or not done:
             method_facts = method.aggregate(done, uploads, weights)
-        else:  # client-level DP (the config allows it only for FactorAveraging methods, which take ``noise``)
-            clip = config.privacy.clip_norm
-            clipped = [privacy.clip_update(p.factors, u, clip) for p, u in zip(done, uploads, strict=True)]
-            std = privacy.noise_std(
-                clip, config.privacy.noise_multiplier, max_client_weight(config, weights, num_examples)
+        else:
+            method_facts, dp_facts = aggregate_privately(
+                config, method, done, uploads, weights, num_examples, round_idx
             )
-            noise = privacy.GaussianNoise(std, seeding.generator(config.seed, "dp-noise", round_idx))
-            method_facts = method.aggregate(done, [c for c, _ in clipped], weights, noise=noise)
-            dp_facts = {"dp_noise_std": std, "dp_clipped": sum(norm > clip for _, norm in clipped)}
         if config.privacy.clip_norm is not None:
             dp_facts["dp_epsilon"] = round_epsilon(config, round_idx)
         base_update = method.pending_base_update()
