@@ -312,7 +312,8 @@ class FaultsConfig(_Section):
     round goes on with the others; metrics.jsonl lists each failure and its reason."""
 
     fail_fast: bool = False
-    """Stop the run at the first client failure, with an error naming the client, instead of going on."""
+    """Stop the run at the first client failure, with an error naming the client, instead of going on (in-process,
+    a client's exception propagates with its traceback)."""
     min_successful: int = Field(1, ge=1)
     """A round in which fewer clients succeed leaves the global model unchanged (recorded as skipped); a round
     nobody was sampled for (independent sampling) is an empty round as before."""

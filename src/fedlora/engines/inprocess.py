@@ -3,10 +3,11 @@
 Only adapters are swapped between clients, so memory is one model plus one client's adapter and optimizer
 state, whatever the number of clients.
 
-Faults: a client that raises becomes a ``ClientFailure`` (its traceback goes to the "fedlora" logger), unless
-``fail_fast``. Clients run one after another on the shared model, so a slow one cannot be abandoned mid-training
-(its thread would keep writing the shared layers): the engine measures each client's own wall time and discards
-a result that took longer than ``deadline_s``, as a server would discard a late reply.
+Faults: a client that raises becomes a ``ClientFailure`` (its traceback goes to the "fedlora" logger at
+DEBUG), unless ``fail_fast`` (then the exception propagates, traceback and all). Clients run one after another
+on the shared model, so a slow one cannot be abandoned mid-training (its thread would keep writing the shared
+layers): the engine measures each client's own wall time and discards a result that took longer than
+``deadline_s``, as a server would discard a late reply.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ class InProcessEngine:
         except Exception as err:
             if self.fail_fast:
                 raise
-            log.warning("client %d failed", client_id, exc_info=True)
+            log.debug("client %d failed", client_id, exc_info=True)  # the round's record has the one-line reason
             return ClientFailure(describe_exception(err))
         elapsed = self.clock() - started
         if self.deadline_s is not None and elapsed > self.deadline_s:
