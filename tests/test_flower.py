@@ -171,8 +171,9 @@ def fedlora_cache(tmp_path_factory):
 # -------------------------------------------------------------------------------------------- simulation
 
 
-def _run_broken(grid, config, out: Path) -> Exception | None:
-    """A run whose engine sends client 2 a corrupt download: the error must name the client; None if none."""
+def _run_broken(grid, config, out: Path, fail_fast: bool = True) -> Exception | None:
+    """A run whose engine sends client 2 a corrupt download: with ``fail_fast`` the error must name the client;
+    without, the run goes on without client 2 (None when no error)."""
     import uuid
 
     from fedlora.config import dump_config
@@ -184,7 +185,7 @@ def _run_broken(grid, config, out: Path) -> Exception | None:
 
     session = uuid.uuid4().hex[:12]
     nodes = connect_nodes(grid, dump_config(config), config.partition.num_clients, session=session, threads=1)
-    engine = Corrupting(grid, nodes, session=session)
+    engine = Corrupting(grid, nodes, session=session, fail_fast=fail_fast)
     try:
         federation.run(config, out, engine=engine)
     except Exception as err:  # noqa: BLE001 - the test looks at it
@@ -224,6 +225,13 @@ def _run_forgetful(grid, config, out: Path) -> dict:
         engine.finish()
 
 
+class _ClientTwoRaises(federation.InProcessEngine):
+    def run_client(self, client_id: int, download: bytes) -> bytes:
+        if client_id == 2:
+            raise RuntimeError("client 2 is down")
+        return super().run_client(client_id, download)
+
+
 @pytest.fixture(scope="module")
 def simulated(tmp_path_factory, fedlora_cache):
     """Flower-simulation runs (one simulation, one Ray start-up) and the same configs run in-process."""
@@ -251,6 +259,11 @@ def simulated(tmp_path_factory, fedlora_cache):
         # an in-process run of 2 rounds resumed to 3 on Flower: fresh nodes catch up from the original base
         config = resume_config(root / "flower" / "resumed", None, ["rounds=3", "engine=flower-sim"])
         results["resumed"] = run_on_grid(grid, config, root / "flower" / "resumed", resume=True, simulation=True)
+        config = load_config(TINY, [*FAST, "engine=flower-sim"])
+        results["tolerant"] = _run_broken(grid, config, root / "flower" / "tolerant", fail_fast=False)
+        # last: no reply can come within 1 ms, so every client of every round times out (replies come late)
+        config = load_config(TINY, [*FAST, "method=fedit", "engine=flower-sim", "faults.round_deadline_s=0.001"])
+        results["deadline"] = run_on_grid(grid, config, root / "flower" / "deadline", simulation=True)
 
     federation.run(load_config(TINY, [*CATCH_UP, "method=florist", "rounds=2"]), root / "flower" / "resumed")
     started = time.perf_counter()
@@ -259,6 +272,9 @@ def simulated(tmp_path_factory, fedlora_cache):
     print("flower-sim timings (s):", {k: round(v, 1) for k, v in timings.items()})
     for name, overrides in [*jobs.items(), ("forgetful", forgetful)]:
         federation.run(load_config(TINY, overrides), root / "inprocess" / name)
+    with pytest.MonkeyPatch.context() as mp:  # in-process, client 2 raises in every round
+        mp.setattr(federation, "InProcessEngine", _ClientTwoRaises)
+        federation.run(load_config(TINY, FAST), root / "inprocess" / "tolerant")
     assert not any((fedlora_cache / "flower").glob("run-*/client-*")), "nodes did not drop their base updates"
     return root, results
 
@@ -305,6 +321,30 @@ def test_a_client_error_names_the_client(simulated):
     message = str(err)
     assert message.startswith("flower: client 2 (Flower node") and "failed in training" in message
     assert "JSONDecodeError" in message and "\n" not in message and len(message) < 700
+
+
+def test_a_failing_client_on_flower_is_recorded_and_the_round_goes_on(simulated):
+    """Without faults.fail_fast, client 2's error replies are failures of its rounds; the others aggregate as
+    in-process with client 2 down."""
+    root, results = simulated
+    assert results["tolerant"] is None
+    records = _records(root / "flower" / "tolerant")
+    assert any(2 in r["participants"] for r in records)
+    for r in records:
+        failed = [f["client"] for f in r["failures"]]
+        assert failed == ([2] if 2 in r["participants"] else []) and 2 not in r["successful"]
+        assert all("JSONDecodeError" in f["reason"] and "\n" not in f["reason"] for f in r["failures"])
+    _assert_same_run(root / "flower" / "tolerant", root / "inprocess" / "tolerant")
+
+
+def test_a_round_deadline_on_flower_drops_late_clients(simulated):
+    root, results = simulated
+    records = _records(root / "flower" / "deadline")
+    for r in records:
+        assert r["successful"] == [] and [f["client"] for f in r["failures"]] == r["participants"]
+        assert {f["reason"] for f in r["failures"]} == {"timeout: no reply within 0.001 s (faults.round_deadline_s)"}
+        assert r["skipped"].startswith("0 of 3 clients succeeded")
+    assert results["deadline"]["totals"]["skipped_rounds"] == 2
 
 
 def test_a_run_resumed_on_flower_ends_as_the_uninterrupted_one(simulated):

@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from fedlora.errors import FedloraError
 
@@ -40,6 +41,10 @@ class RichReporter:
         self.console.print(f"  client {client_id:>3} rank {rank:>3}  train_loss {train_loss:.4f}")
 
     def round_done(self, record: dict) -> None:
+        for failure in record.get("failures", []):
+            self.console.print(f"  [yellow]client {failure['client']:>3} failed: {escape(failure['reason'])}[/]")
+        if "skipped" in record:
+            self.console.print(f"  [yellow]global model unchanged: {record['skipped']}[/]")
         parts = [f"round {record['round']} done"]
         if record["train_loss"] is not None:  # None: nobody joined (independent sampling)
             parts.append(f"train_loss {record['train_loss']:.4f}")

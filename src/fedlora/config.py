@@ -16,6 +16,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from fedlora.errors import ConfigError
 
 METHODS = ("fslora", "fedit", "ffa", "flora", "florist", "flexlora", "hetlora")
+PRIVATE_METHODS = ("fslora", "fedit", "ffa")
+"""Methods whose aggregate is a weighted sum of client deltas, so clipping + Gaussian noise makes it DP."""
+NOT_PRIVATE_WHY = {
+    "flora": "merges the stack of every client's own factors (each is released as is)",
+    "florist": "takes an SVD of the stack of individual factors (DP would need dense m×n noise on their sum)",
+    "flexlora": "truncates an SVD of the summed products (DP would need each B_k A_k clipped and dense m×n noise)",
+    "hetlora": "averages zero-padded client states, so a client's influence is not bounded by the clip norm",
+}
 
 
 class _Section(BaseModel):
@@ -293,6 +301,42 @@ class PlannerConfig(_Section):
     load of the uniform baseline)."""
 
 
+# ------------------------------------------------------------------------------------ faults and privacy
+
+
+class FaultsConfig(_Section):
+    """What a round does when clients fail or send bad updates (docs/methods.md, "Client faults").
+
+    A client fails when it raises, misses the round deadline, returns nothing or an unreadable blob, or sends an
+    update the server rejects (wrong keys, shape, rank or dtype, NaN/Inf, norm above ``max_update_norm``). The
+    round goes on with the others; metrics.jsonl lists each failure and its reason."""
+
+    fail_fast: bool = False
+    """Stop the run at the first client failure, with an error naming the client, instead of going on (in-process,
+    a client's exception propagates with its traceback)."""
+    min_successful: int = Field(1, ge=1)
+    """A round in which fewer clients succeed leaves the global model unchanged (recorded as skipped); a round
+    nobody was sampled for (independent sampling) is an empty round as before."""
+    round_deadline_s: float | None = Field(None, gt=0)
+    """A client's result arriving later than this many seconds after the round's clients started is discarded
+    (in-process: the client's own wall time; on Flower: the wait for replies). Unset: no deadline."""
+    max_update_norm: float | None = Field(None, gt=0)
+    """Reject an update whose norm ‖trained − sent‖₂ over all the client's factors exceeds this. Unset: no bound."""
+
+
+class PrivacyConfig(_Section):
+    """Client-level differential privacy (docs/privacy.md): clip each client's update to norm ``clip_norm`` and add
+    Gaussian noise of std noise_multiplier · clip_norm · w_max to the aggregate (w_max: the largest weight a client
+    gets). Only for methods that average update deltas: fslora, fedit, ffa. Off while clip_norm is unset."""
+
+    clip_norm: float | None = Field(None, gt=0)
+    """C: each client's update (trained − sent, all factors together) is scaled to norm ≤ C. Setting it turns DP on."""
+    noise_multiplier: float = Field(1.0, ge=0)
+    """σ: the noise std relative to the sensitivity w_max · C of the aggregate (0: clipping only, ε = ∞)."""
+    delta: float = Field(1e-5, gt=0, lt=1)
+    """δ of the (ε, δ) guarantee reported in metrics.jsonl and summary.json."""
+
+
 # ----------------------------------------------------------------------------------------------- flower
 
 
@@ -344,6 +388,8 @@ class RunConfig(_Section):
     planner: PlannerConfig = Field(default_factory=PlannerConfig)
     flower: FlowerConfig = Field(default_factory=FlowerConfig)
     log: LogConfig = Field(default_factory=LogConfig)
+    faults: FaultsConfig = Field(default_factory=FaultsConfig)
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
     plan_source: str | None = None
     """The plan file applied with ``plan=PATH`` (informational: its values are already in this config)."""
 
@@ -403,7 +449,27 @@ class RunConfig(_Section):
             bad = [q for q in probs if not 0 < q <= 1]
             if bad:
                 raise ValueError(f"sampling.probs: {bad[0]} is outside (0, 1]")
+        self._check_faults_and_privacy()
         return self
+
+    def _check_faults_and_privacy(self) -> None:
+        most = self.sampling.clients_per_round if self.sampling.scheme == "uniform" else self.partition.num_clients
+        if self.faults.min_successful > most:
+            raise ValueError(
+                f"faults.min_successful: {self.faults.min_successful} exceeds the {most} clients a round has"
+            )
+        if self.privacy.clip_norm is None:
+            return
+        if self.method not in PRIVATE_METHODS:
+            raise ValueError(
+                f"privacy.clip_norm: client-level DP needs a method that averages client updates "
+                f"({', '.join(PRIVATE_METHODS)}); {self.method} {NOT_PRIVATE_WHY[self.method]}"
+            )
+        if self.sampling.scheme == "uniform" and self.server.weighting != "uniform":
+            raise ValueError(
+                "server.weighting: client-level DP under uniform sampling weights every client 1/|participants| "
+                "(an example-weighted average's sensitivity depends on the clients' data sizes); set it to 'uniform'"
+            )
 
 
 # --------------------------------------------------------------------------------------------- loading

@@ -1,7 +1,13 @@
-"""The round loop, written once: sample → plan payloads → run clients → aggregate → evaluate → checkpoint.
+"""The round loop, written once: sample → plan payloads → run clients → check uploads → aggregate → evaluate →
+checkpoint.
 
 It knows nothing of transport: it serialises each client's payload, hands the blob to an engine, and reads
 the blob the engine hands back. Every number a run reports comes from here and goes to the run folder.
+
+A client that fails (the engine's ``ClientFailure``) or whose upload fails validation (``fedlora.validation``)
+is left out of the round and recorded; the others are aggregated with the weights of the successful clients
+(docs/methods.md, "Client faults"). With ``[privacy]`` the updates are clipped and the aggregate noised
+(``fedlora.privacy``, docs/privacy.md).
 """
 
 from __future__ import annotations
@@ -14,12 +20,12 @@ from typing import Protocol
 
 import torch
 
-from fedlora import __version__, crashpoints, payload, rundir, seeding
+from fedlora import __version__, crashpoints, payload, privacy, rundir, seeding
 from fedlora.client.app import install_adapter
 from fedlora.config import RunConfig, dump_config
-from fedlora.engines.base import Engine
+from fedlora.engines.base import ClientFailure, Engine
 from fedlora.engines.inprocess import InProcessEngine
-from fedlora.errors import CheckpointError, ConfigError
+from fedlora.errors import CheckpointError, ConfigError, FedloraError
 from fedlora.evaluation.heldout import evaluate_heldout
 from fedlora.lora.export import save_peft_adapter
 from fedlora.lora.layer import merge_update
@@ -28,6 +34,7 @@ from fedlora.methods import build_method
 from fedlora.methods.base import ClientPlan
 from fedlora.network.sampling import sample_independent, unbiased_weights
 from fedlora.setup import RunSetup, build
+from fedlora.validation import UpdateRejected, read_upload
 
 
 class Reporter(Protocol):
@@ -113,17 +120,83 @@ def download_blob(plan: ClientPlan, round_idx: int, train_seed: int) -> bytes:
     )
 
 
-def read_upload(plan: ClientPlan, blob: bytes) -> tuple[Factors, dict]:
-    """The client's factors (untrained ones taken from what it was sent) and its metadata, shape-checked."""
-    tensors, meta = payload.unpack(blob)
-    factors: Factors = {}
-    for name, (sent_B, sent_A) in plan.factors.items():
-        B = tensors.get(f"{name}.lora_B", sent_B if not plan.train_B else None)
-        A = tensors.get(f"{name}.lora_A", sent_A if not plan.train_A else None)
-        if B is None or A is None or B.shape != sent_B.shape or A.shape != sent_A.shape:
-            raise ValueError(f"client {plan.client_id}: upload for module {name} is missing or misshapen")
-        factors[name] = (B, A)
-    return factors, meta
+def receive_upload(
+    plan: ClientPlan, result: bytes | ClientFailure, max_update_norm: float | None
+) -> tuple[Factors, dict] | str:
+    """The client's checked factors and metadata (``fedlora.validation.read_upload``), or why it failed: the
+    engine's ``ClientFailure`` reason, or "rejected: ..." for an upload that fails validation."""
+    if isinstance(result, ClientFailure):
+        return result.reason
+    try:
+        return read_upload(plan, result, max_update_norm)
+    except UpdateRejected as err:
+        return f"rejected: {err}"
+
+
+def aggregate_privately(
+    config: RunConfig,
+    method,
+    plans: list[ClientPlan],
+    uploads: list[Factors],
+    weights: list[float],
+    num_examples: list[int],
+    round_idx: int,
+) -> tuple[dict, dict]:
+    """Client-level DP aggregation (docs/privacy.md): clip each update to privacy.clip_norm, aggregate, and let the
+    method add N(0, (σ·C·w_max)²) to its aggregate (only FactorAveraging methods take ``noise``; the config allows
+    DP for no other). Returns (the method's facts, the DP facts for the round's record)."""
+    clip = config.privacy.clip_norm
+    clipped = [privacy.clip_update(p.factors, u, clip) for p, u in zip(plans, uploads, strict=True)]
+    w_max = max_client_weight(config, weights, num_examples)
+    std = privacy.noise_std(clip, config.privacy.noise_multiplier, w_max)
+    noise = privacy.GaussianNoise(std, seeding.generator(config.seed, "dp-noise", round_idx))
+    facts = method.aggregate(plans, [c for c, _ in clipped], weights, noise=noise)
+    return facts, {"dp_noise_std": std, "dp_clipped": sum(norm > clip for _, norm in clipped)}
+
+
+def max_client_weight(config: RunConfig, weights: list[float], num_examples: list[int]) -> float:
+    """w_max, the largest aggregation weight one client can get this round (the DP sensitivity is w_max · C): the
+    participants' common weight under uniform sampling (DP requires server.weighting = "uniform"), the largest
+    a_i / q_i over ALL clients under independent sampling (who took part must not change the noise)."""
+    if participation_probs(config) is None:
+        return max(weights, default=0.0)
+    everyone = list(range(config.partition.num_clients))
+    return max(round_weights(config, everyone, num_examples))
+
+
+def privacy_summary(config: RunConfig) -> dict | None:
+    """summary.json's DP entry: the settings, the final ε at δ, and how it was accounted (None without DP)."""
+    p = config.privacy
+    if p.clip_norm is None:
+        return None
+    if participation_probs(config) is None:
+        sampling = (
+            f"{config.sampling.clients_per_round} of {config.partition.num_clients} clients without replacement, "
+            "replace-one adjacency (accountant noise multiplier sigma/2)"
+        )
+    else:
+        sampling = "independent (Poisson) sampling at the largest q_i, add/remove adjacency (worst client)"
+    return {
+        "clip_norm": p.clip_norm,
+        "noise_multiplier": p.noise_multiplier,
+        "delta": p.delta,
+        "epsilon": round_epsilon(config, config.rounds),
+        "accounting": f"RDP (dp-accounting), {sampling}, {config.rounds} rounds",
+    }
+
+
+def round_epsilon(config: RunConfig, rounds: int) -> float | None:
+    """The accountant's ε after ``rounds`` DP rounds at privacy.delta (None when σ = 0: no guarantee)."""
+    p = config.privacy
+    eps = privacy.epsilon(
+        rounds,
+        p.noise_multiplier,
+        p.delta,
+        num_clients=config.partition.num_clients,
+        clients_per_round=config.sampling.clients_per_round,
+        probs=participation_probs(config),
+    )
+    return None if eps == float("inf") else eps
 
 
 def evaluate_global(setup: RunSetup, method, config: RunConfig) -> dict[str, float]:
@@ -164,6 +237,8 @@ def weighted_mean(weights: list[float], values: list[float]) -> float | None:
 
 def _totals(records: list[dict]) -> dict:
     return {
+        "client_failures": sum(len(r.get("failures", [])) for r in records),
+        "skipped_rounds": sum("skipped" in r for r in records),
         "bytes_up": sum(r["bytes_up"] for r in records),
         "bytes_down": sum(r["bytes_down"] for r in records),
         "sim_s": sum(r["sim_round_s"] for r in records),
@@ -192,8 +267,17 @@ def run(
     rundir.atomic_write_text(run_dir / rundir.CONFIG_FILE, dump_config(config))
     setup = build(config, run_dir, resume)
     method = build_method(config, setup)
+    faults = config.faults
     if engine is None:
-        engine = InProcessEngine(setup.model, setup.layers, setup.client_examples, setup.training, setup.pad_id)
+        engine = InProcessEngine(
+            setup.model,
+            setup.layers,
+            setup.client_examples,
+            setup.training,
+            setup.pad_id,
+            deadline_s=faults.round_deadline_s,
+            fail_fast=faults.fail_fast,
+        )
     num_examples = [len(examples) for examples in setup.client_examples]
     attach = getattr(engine, "attach_base_history", None)
     if attach is not None:  # engines whose clients own a base copy (Flower) send the base updates they missed
@@ -233,27 +317,53 @@ def run(
             for plan in plans
         ]
 
-        # ---------------------------------------------------------------- run clients
-        uploads, metas = [], []
+        # ---------------------------------------------------------------- run clients + check uploads
         jobs = [(plan.client_id, blob) for plan, blob in zip(plans, downloads, strict=True)]
-        for plan, upload in zip(plans, engine.run_clients(jobs), strict=True):
-            factors, meta = read_upload(plan, upload)
+        done: list[ClientPlan] = []  # the clients whose upload passed validation, in participant order
+        uploads, metas, failures, bytes_up = [], [], [], 0
+        for plan, result in zip(plans, engine.run_clients(jobs), strict=True):
+            bytes_up += len(result) if isinstance(result, bytes) else 0
+            received = receive_upload(plan, result, faults.max_update_norm)
+            if isinstance(received, str):
+                if faults.fail_fast:
+                    raise FedloraError(f"client {plan.client_id} failed in round {round_idx}: {received}")
+                failures.append({"client": plan.client_id, "reason": received})
+                continue
+            factors, meta = received
+            meta["bytes_up"] = len(result)
+            done.append(plan)
             uploads.append(factors)
             metas.append(meta)
-            meta["bytes_up"] = len(upload)
             reporter.client_done(round_idx, plan.client_id, plan.rank, float(meta["train_loss"]))
         crashpoints.reached("round:trained")
+        successful = [plan.client_id for plan in done]
+        download_of = {plan.client_id: len(blob) for plan, blob in zip(plans, downloads, strict=True)}
         timing = setup.system.round(
-            participants,
-            [plan.rank for plan in plans],
-            [len(b) for b in downloads],
+            successful,
+            [plan.rank for plan in done],
+            [download_of[cid] for cid in successful],
             [m["bytes_up"] for m in metas],
             [int(m["tokens"]) for m in metas],
         )
 
         # ---------------------------------------------------------------- aggregate
-        weights = round_weights(config, participants, num_examples)
-        method_facts = method.aggregate(plans, uploads, weights)
+        weights = round_weights(config, successful, num_examples)  # a_i over the successful clients (docs)
+        train_loss = weighted_mean(weights, [float(m["train_loss"]) for m in metas])
+        skipped = None
+        if participants and len(done) < faults.min_successful:  # the global model stays as it is
+            skipped = (
+                f"{len(done)} of {len(participants)} clients succeeded (faults.min_successful={faults.min_successful})"
+            )
+            done, uploads, weights = [], [], []
+        dp_facts: dict = {}
+        if config.privacy.clip_norm is None or not done:
+            method_facts = method.aggregate(done, uploads, weights)
+        else:
+            method_facts, dp_facts = aggregate_privately(
+                config, method, done, uploads, weights, num_examples, round_idx
+            )
+        if config.privacy.clip_norm is not None:
+            dp_facts["dp_epsilon"] = round_epsilon(config, round_idx)
         base_update = method.pending_base_update()
         if base_update is not None:
             merge_update(setup.layers, base_update)
@@ -264,16 +374,21 @@ def run(
             "method": config.method,
             "participants": participants,
             "ranks": [plan.rank for plan in plans],
+            "successful": successful,
+            "failures": failures,
             "weights": weights,
-            "bytes_up": sum(m["bytes_up"] for m in metas),
+            "bytes_up": bytes_up,
             "bytes_down": sum(len(b) for b in downloads),
             "sim_round_s": timing.round_s,
             "sim_time_s": (records[-1]["sim_time_s"] if records else 0.0) + timing.round_s,
             "client_sim_s": timing.client_s,
-            "train_loss": weighted_mean(weights, [float(m["train_loss"]) for m in metas]),
+            "train_loss": train_loss,
             "client_train_loss": [float(m["train_loss"]) for m in metas],
             **method_facts,
+            **dp_facts,
         }
+        if skipped is not None:
+            record["skipped"] = skipped
         if timing.bandwidth_hz is not None:
             record["client_bandwidth_hz"] = timing.bandwidth_hz
         engine_facts = getattr(engine, "round_facts", None)
@@ -313,6 +428,8 @@ def run(
         "final_eval": {k: v for k, v in final.items() if k.startswith("eval_")},
         "final_train_loss": next((r["train_loss"] for r in reversed(records) if r["train_loss"] is not None), None),
         "totals": _totals(records),
+        "faults": config.faults.model_dump(),
+        "privacy": privacy_summary(config),
         "base_model": setup.base_name,
         "fedlora_version": __version__,
         "torch_version": torch.__version__,

@@ -15,6 +15,7 @@ PURPOSES = {
     "model": 6,
     "fleet": 7,
     "pilot": 8,
+    "dp-noise": 9,
 }
 
 

@@ -2,17 +2,35 @@
 
 Only adapters are swapped between clients, so memory is one model plus one client's adapter and optimizer
 state, whatever the number of clients.
+
+Faults: a client that raises becomes a ``ClientFailure`` (its traceback goes to the "fedlora" logger at
+DEBUG), unless ``fail_fast`` (then the exception propagates, traceback and all). Clients run one after another
+on the shared model, so a slow one cannot be abandoned mid-training (its thread would keep writing the shared
+layers): the engine measures each client's own wall time and discards a result that took longer than
+``deadline_s``, as a server would discard a late reply.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import logging
+import time
+from collections.abc import Callable, Iterator, Mapping
 
 from torch import nn
 
 from fedlora.client.app import run_client
 from fedlora.client.train import LocalTraining
+from fedlora.engines.base import ClientFailure
 from fedlora.lora.layer import LoRALinear
+
+log = logging.getLogger("fedlora")
+
+
+def describe_exception(err: BaseException) -> str:
+    """One line: ``RuntimeError: text`` (first line of the message, at most 300 characters)."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    line = f"{type(err).__name__}: {text}" if text else type(err).__name__
+    return line if len(line) <= 300 else line[:297] + "..."
 
 
 class InProcessEngine:
@@ -23,17 +41,39 @@ class InProcessEngine:
         client_examples: list[list[dict]],
         training: LocalTraining,
         pad_id: int,
+        *,
+        deadline_s: float | None = None,
+        fail_fast: bool = False,
+        clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.model = model
         self.layers = layers
         self.client_examples = client_examples
         self.training = training
         self.pad_id = pad_id
+        self.deadline_s = deadline_s
+        self.fail_fast = fail_fast
+        self.clock = clock
+        """Seconds (monotonic); tests pass a fake clock to make a client "hang" deterministically."""
 
-    def run_clients(self, jobs: list[tuple[int, bytes]]) -> Iterator[bytes]:
+    def run_clients(self, jobs: list[tuple[int, bytes]]) -> Iterator[bytes | ClientFailure]:
         """One client after another (lazily, so progress can be reported as each finishes)."""
         for client_id, download in jobs:
-            yield self.run_client(client_id, download)
+            yield self._run_one(client_id, download)
+
+    def _run_one(self, client_id: int, download: bytes) -> bytes | ClientFailure:
+        started = self.clock()
+        try:
+            upload = self.run_client(client_id, download)
+        except Exception as err:
+            if self.fail_fast:
+                raise
+            log.debug("client %d failed", client_id, exc_info=True)  # the round's record has the one-line reason
+            return ClientFailure(describe_exception(err))
+        elapsed = self.clock() - started
+        if self.deadline_s is not None and elapsed > self.deadline_s:
+            return ClientFailure(f"timeout: took {elapsed:.3g} s > faults.round_deadline_s={self.deadline_s:g}")
+        return upload
 
     def run_client(self, client_id: int, download: bytes) -> bytes:
         """Run one client's round on its own shard; returns its upload blob."""

@@ -32,6 +32,7 @@ from fedlora import aggregation, sketch
 from fedlora.lora.state import Factors, ModuleShape, flatten_factors, init_factors, unflatten_factors
 from fedlora.methods.base import ClientPlan
 from fedlora.methods.common import GlobalAdapterState
+from fedlora.privacy import GaussianNoise
 from fedlora.server_optimizer import ServerOptimizer
 
 
@@ -86,10 +87,14 @@ class FactorAveraging(GlobalAdapterState):
         return ClientPlan(client_id, k, self.global_scale * sketch.sketch_scale(self.rank, k), factors, context=context)
 
     # ------------------------------------------------------------- aggregate
-    def aggregate(self, plans: list[ClientPlan], uploads: list[Factors], weights: list[float]) -> dict:
+    def aggregate(
+        self, plans: list[ClientPlan], uploads: list[Factors], weights: list[float], noise: GaussianNoise | None = None
+    ) -> dict:
         """Apply Δ = Σ w_i scatter(Δ_i) with the server optimizer; returns no facts (``{}``).
 
-        An empty round (no plans) changes nothing: no optimizer step, so ``step_count`` does not advance.
+        ``noise`` (client-level DP, uploads already clipped): Gaussian noise added to Δ before the optimizer step, on
+        every coordinate of the trained factors (B only for FFA-LoRA). An empty round (no plans) changes nothing:
+        no optimizer step, so ``step_count`` does not advance.
         """
         if not plans:
             return {}
@@ -103,6 +108,8 @@ class FactorAveraging(GlobalAdapterState):
                 scattered_B.append(dB)
                 scattered_A.append(dA)
             delta[name] = aggregation.fedit(scattered_B, scattered_A, weights)
+        if noise is not None:
+            delta = noise.perturb(delta, B=True, A=not self.freeze_A)
         self.factors = self.optimizer.step(self.factors, delta)
         return {}
 

@@ -11,6 +11,12 @@ the blob sent) and of the upload it sent (equal to the blob received). Base upda
 base methods: FLoRA, FLoRIST v1) travel in a separate catch-up record, counted in ``catchup_bytes_down`` per
 round, not in ``bytes_down``: the in-process engine's shared base needs no catch-up, and the papers charge a
 participant only the newest update.
+
+Faults: a client whose node replies with an error, replies without an upload (or with bytes that are not the
+blob), or does not reply within the round's deadline (``faults.round_deadline_s``, else
+``flower.round_timeout_s``) becomes a ``ClientFailure`` the round loop records, unless ``fail_fast``. The engine
+then no longer knows which base updates that node holds and keeps its old belief; a node that holds more says so
+and is sent what it lacks (the catch-up protocol).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from collections.abc import Callable
 from flwr.app import ConfigRecord, Message, RecordDict
 
 from fedlora import payload
+from fedlora.engines.base import ClientFailure
 from fedlora.engines.flower import wire
 from fedlora.errors import FedloraError
 from fedlora.lora.state import Factors, flatten_factors
@@ -49,11 +56,12 @@ def exchange(
     timeout: float | None,
     label: Callable[[int], str],
     timeout_setting: str = "flower.round_timeout_s",
+    failures: dict[int, str] | None = None,
 ) -> dict[int, Message]:
     """Send ``messages`` (key → message) at once and wait for every reply; replies by key.
 
     Raises FedloraError naming the sender (``label(key)``) of an error reply, or every key without a reply when
-    ``timeout`` runs out."""
+    ``timeout`` runs out; with a ``failures`` dict, records key → one-line reason there instead."""
     if not messages:
         return {}
     by_node = {message.metadata.dst_node_id: key for key, message in messages.items()}
@@ -63,10 +71,16 @@ def exchange(
         if key is None:
             continue
         if reply.has_error():
-            raise FedloraError(f"flower: {label(key)} failed in {what}: {_describe_error(reply)}")
+            if failures is None:
+                raise FedloraError(f"flower: {label(key)} failed in {what}: {_describe_error(reply)}")
+            failures[key] = _describe_error(reply)
+            continue
         replies[key] = reply
-    missing = [key for key in messages if key not in replies]
-    if missing:
+    missing = [key for key in messages if key not in replies and (failures is None or key not in failures)]
+    if missing and failures is not None:
+        waited = "no limit" if timeout is None else f"{timeout:g} s ({timeout_setting})"
+        failures.update({key: f"timeout: no reply within {waited}" for key in missing})
+    elif missing:
         names = ", ".join(label(key) for key in missing)
         raise FedloraError(f"flower: no reply to {what} from {names} within {timeout:.0f} s ({timeout_setting})")
     return replies
@@ -83,12 +97,17 @@ class FlowerGridEngine:
         session: str,
         round_timeout_s: float | None = None,
         message_ttl_s: float | None = None,
+        fail_fast: bool = True,
+        timeout_setting: str = "flower.round_timeout_s",
     ) -> None:
         self.grid = grid
         self.session = session
         self.nodes = dict(nodes)
         self.round_timeout_s = round_timeout_s
         self.message_ttl_s = message_ttl_s
+        self.fail_fast = fail_fast
+        """Raise on a client's error or missing reply (the run stops) instead of returning a ClientFailure."""
+        self.timeout_setting = timeout_setting
         self._base_history: Callable[[], list[Factors]] = list
         self._holds: dict[int, int] = {}
         """Base updates each client's node holds, as far as this engine knows (0: the original base)."""
@@ -109,8 +128,8 @@ class FlowerGridEngine:
     def label(self, client_id: int) -> str:
         return f"client {client_id} (Flower node {self.nodes.get(client_id)})"
 
-    def run_clients(self, jobs: list[tuple[int, bytes]]) -> list[bytes]:
-        """One train message per job, all at once; the upload blobs in job order."""
+    def run_clients(self, jobs: list[tuple[int, bytes]]) -> list[bytes | ClientFailure]:
+        """One train message per job, all at once; the upload blobs (or failures) in job order."""
         self._calls += 1
         unknown = [cid for cid, _ in jobs if cid not in self.nodes]
         if unknown:
@@ -119,7 +138,8 @@ class FlowerGridEngine:
         target = len(history)
         downloads = dict(jobs)
         start_from = {cid: self._holds.get(cid, 0) for cid in downloads}
-        uploads: dict[int, bytes] = {}
+        uploads: dict[int, bytes | ClientFailure] = {}
+        failures: dict[int, str] | None = None if self.fail_fast else {}
         catchup_bytes, resent = 0, 0
         started = time.perf_counter()
         pending = list(downloads)
@@ -129,7 +149,9 @@ class FlowerGridEngine:
                 message, extra = self._train_message(cid, downloads[cid], history, start_from[cid])
                 messages[cid] = message
                 catchup_bytes += extra
-            replies = exchange(self.grid, messages, "training", self.round_timeout_s, self.label)
+            replies = exchange(
+                self.grid, messages, "training", self.round_timeout_s, self.label, self.timeout_setting, failures
+            )
             again = []
             for cid, reply in replies.items():
                 meta = wire.settings(reply)
@@ -137,13 +159,24 @@ class FlowerGridEngine:
                     start_from[cid] = int(meta["base_version"])
                     again.append(cid)
                     continue
-                uploads[cid] = self._read_upload(cid, reply, len(downloads[cid]))
+                try:
+                    uploads[cid] = self._read_upload(cid, reply, len(downloads[cid]))
+                except FedloraError as err:
+                    if failures is None:
+                        raise
+                    failures[cid] = str(err).removeprefix(f"flower: {self.label(cid)}: ")
+                    continue
                 self._holds[cid] = target
             if not again:
                 break
             if attempt == 1:
-                raise FedloraError(f"flower: {self.label(again[0])} still lacks base updates after a catch-up")
+                if failures is None:
+                    raise FedloraError(f"flower: {self.label(again[0])} still lacks base updates after a catch-up")
+                failures.update({cid: "still lacks base updates after a catch-up" for cid in again})
+                break
             pending, resent = again, resent + len(again)
+        for cid, reason in (failures or {}).items():
+            uploads[cid] = ClientFailure(reason)
         self._facts = {
             "catchup_bytes_down": catchup_bytes,
             "flower_resent": resent,
@@ -185,7 +218,7 @@ class FlowerGridEngine:
         meta = wire.settings(reply)
         upload = wire.record_blob(reply, wire.UPLOAD)
         if upload is None:
-            raise FedloraError(f"flower: {self.label(cid)} replied without an upload")
+            raise FedloraError(f"flower: {self.label(cid)}: replied without an upload")
         if int(meta["download_bytes"]) != sent or int(meta["upload_bytes"]) != len(upload):
             raise FedloraError(
                 f"flower: {self.label(cid)}: carried bytes differ from the blobs (download {sent} sent, "

@@ -58,8 +58,15 @@ def run_on_grid(grid: Grid, config, run_dir: Path, *, resume: bool = False, repo
     )
     if say:
         say("flower: clients on nodes " + ", ".join(f"{cid}→{node}" for cid, node in sorted(nodes.items())))
+    deadline = config.faults.round_deadline_s
     engine = FlowerGridEngine(
-        grid, nodes, session=session, round_timeout_s=f.round_timeout_s, message_ttl_s=f.message_ttl_s
+        grid,
+        nodes,
+        session=session,
+        round_timeout_s=deadline if deadline is not None else f.round_timeout_s,
+        message_ttl_s=f.message_ttl_s,
+        fail_fast=config.faults.fail_fast,
+        timeout_setting="faults.round_deadline_s" if deadline is not None else "flower.round_timeout_s",
     )
     try:
         return federation.run(config, run_dir, resume=resume, reporter=reporter, engine=engine)
