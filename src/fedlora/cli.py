@@ -138,7 +138,11 @@ def _run_on_engine(cfg, run_dir: Path, resume: bool, reporter) -> dict:
 
 
 def _fail(err: Exception) -> None:
-    console.print(f"[red]error:[/] {err}", highlight=False, soft_wrap=True)
+    from rich.markup import escape
+
+    text = " ".join(str(err).split()) or type(err).__name__  # one line, whatever a library put in the message
+    # escaped: messages name TOML tables ("[settings]") and lists, which rich would take for markup
+    console.print(f"[red]error:[/] {escape(text)}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
 

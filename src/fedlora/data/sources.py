@@ -8,6 +8,7 @@ Everything returns an in-memory :class:`datasets.Dataset`. Local files are parse
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import datasets
@@ -306,10 +307,15 @@ def _load_csv(path: Path) -> datasets.Dataset:
 
     _read_utf8(path)  # clear error on a bad encoding before pandas guesses
     try:
-        df = pd.read_csv(path, encoding="utf-8", keep_default_na=False, na_values=[""])
+        with warnings.catch_warnings():
+            # index_col=False: rows with more cells than the header are an error, not an index
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            df = pd.read_csv(path, encoding="utf-8", keep_default_na=False, na_values=[""], index_col=False)
     except pd.errors.EmptyDataError:
         raise DataError(f"data file {path}: file is empty (no header row)") from None
-    except pd.errors.ParserError as exc:
+    except pd.errors.ParserWarning:
+        raise DataError(f"data file {path}: some rows have more cells than the header has columns") from None
+    except (pd.errors.ParserError, ValueError) as exc:
         raise DataError(f"data file {path}: cannot parse CSV ({_first_line(exc)})") from None
     if len(df) == 0:
         raise DataError(f"data file {path}: header only, no examples")
