@@ -485,9 +485,8 @@ def format_validation_error(err: ValidationError) -> str:
     """One line naming every bad field: ``config: train.lr: Input should be greater than 0 (got -1)``."""
     parts = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"])
-        msg = e["msg"].removeprefix("Value error, ")
-        loc = loc if loc or not e["loc"] else repr(loc)  # an empty key ("") still shows
+        loc = ".".join(_key_text(p) for p in e["loc"])
+        msg = " ".join(e["msg"].removeprefix("Value error, ").split())
         if e["type"] == "extra_forbidden":
             parts.append(f"{loc}: unknown key")
         elif e["type"] in ("missing",):
@@ -497,6 +496,12 @@ def format_validation_error(err: ValidationError) -> str:
         else:
             parts.append(msg)
     return "config: " + "; ".join(parts)
+
+
+def _key_text(part: object) -> str:
+    """A key as it shows in an error: as is when it reads as one, else quoted (``''``, ``'a\\nb'``, ``'x.y'``)."""
+    text = str(part)
+    return text if text and text.isprintable() and "." not in text and text.strip() == text else repr(text)
 
 
 def validate(data: dict[str, Any]) -> RunConfig:

@@ -275,7 +275,8 @@ def _load_json(path: Path) -> datasets.Dataset:
         where = "list element"
     else:
         rows = []
-        for lineno, line in enumerate(text.splitlines(), start=1):
+        # split at "\n" only: str.splitlines also breaks at U+0085, U+2028, ... which JSON strings may hold raw
+        for lineno, line in enumerate(text.split("\n"), start=1):
             if not line.strip():
                 continue
             try:
@@ -332,7 +333,7 @@ def _load_parquet(path: Path) -> datasets.Dataset:
         raise DataError(f"data file {path}: not a readable Parquet file ({_first_line(exc)})") from None
     if table.num_rows == 0:
         raise DataError(f"data file {path}: no examples")
-    return _dataset_from_arrow(table)
+    return _dataset_from_arrow(table, path)
 
 
 def _from_pandas(df, path: Path) -> datasets.Dataset:
@@ -343,15 +344,18 @@ def _from_pandas(df, path: Path) -> datasets.Dataset:
         table = pa.Table.from_pandas(df, preserve_index=False)
     except (pa.ArrowException, ValueError, TypeError) as exc:
         raise DataError(f"data file {path}: cannot convert to a dataset ({_first_line(exc)})") from None
-    return _dataset_from_arrow(table)
+    return _dataset_from_arrow(table, path)
 
 
-def _dataset_from_arrow(table) -> datasets.Dataset:
+def _dataset_from_arrow(table, path: Path) -> datasets.Dataset:
     """Wrap an arrow table; top-level ``large_string`` columns (pandas' default) become ``string``."""
     import pyarrow as pa
 
     schema = pa.schema([pa.field(f.name, pa.string()) if pa.types.is_large_string(f.type) else f for f in table.schema])
-    return datasets.Dataset(table.cast(schema).replace_schema_metadata(None))
+    try:
+        return datasets.Dataset(table.cast(schema).replace_schema_metadata(None))
+    except (pa.ArrowException, ValueError, TypeError) as exc:  # datasets' CastError is a ValueError
+        raise DataError(f"data file {path}: cannot convert to a dataset ({_first_line(exc)})") from None
 
 
 def _load_hub(name: str, subset: str | None, split: str) -> datasets.Dataset:
