@@ -316,6 +316,10 @@ class FlowerConfig(_Section):
     """Longest wait for a round's replies (default: no limit; messages expire after message_ttl_s)."""
     message_ttl_s: float = Field(43200.0, gt=0)
     """Time-to-live of every message Flower carries (Flower's default: 12 h)."""
+    max_message_mb: float = Field(512.0, gt=0)
+    """Largest payload one Flower message may carry (a download, catch-up or upload blob), in MB (10^6 bytes).
+    Checked before the run against the largest download and upload a round can send, and on every message
+    (docs/flower.md, "Message size"). Flower 1.41 has no such setting (it chunks arrays, caps frames at 2 GiB)."""
 
 
 class RunConfig(_Section):
