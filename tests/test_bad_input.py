@@ -150,6 +150,17 @@ def test_bad_override(no_run, tmp_path, override, needles):
     assert not (tmp_path / "out").exists()
 
 
+def test_output_paths_that_cannot_be_written(tmp_path):
+    """--out that is a file, or lies below one, fails before any work (the plan's pilot run included)."""
+    file = tmp_path / "a-file"
+    file.write_text("keep me")
+    _assert_one_line(_cli("run", TINY, *QUICK, "--out", file), "a-file", "is a file, not a folder")
+    _assert_one_line(_cli("run", TINY, *QUICK, "--out", file / "run"), "a-file is a file")
+    _assert_one_line(_cli("plan", TINY, "--out", tmp_path), str(tmp_path), "is a folder, not a file")
+    _assert_one_line(_cli("plan", TINY, "--out", file / "p.toml"), "a-file is a file")
+    assert file.read_text() == "keep me"
+
+
 # -------------------------------------------------------------------------------------------- plan files
 
 
