@@ -143,6 +143,7 @@ def test_unreadable_config_file(no_run, tmp_path, monkeypatch):
         ("data.eval_size=1.5", ["eval_size"]),
         ("fleet.uplink_mbps=[1.0]", ["fleet.uplink_mbps"]),
         ("sampling.scheme=independent", ["sampling.probs"]),
+        ("fleet.tokens_per_s=1e-300", ["fleet.tokens_per_s", "overflow"]),  # was a ValueError inside `fedlora plan`
     ],
 )
 def test_bad_override(no_run, tmp_path, override, needles):

@@ -15,6 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from fedlora.errors import ConfigError
 
+MIN_RATE = 1e-6
+"""Smallest fleet rate (tokens/s, Mbit/s) accepted: slower ones make the simulated round times overflow."""
 METHODS = ("fslora", "fedit", "ffa", "flora", "florist", "flexlora", "hetlora")
 
 
@@ -382,6 +384,8 @@ class RunConfig(_Section):
             values = value if isinstance(value, list) else [] if isinstance(value, Draw) or value is None else [value]
             if any(v <= 0 for v in values):
                 raise ValueError(f"fleet.{name}: values must be > 0, got {value}")
+            if name in ("tokens_per_s", "downlink_mbps", "uplink_mbps") and any(v < MIN_RATE for v in values):
+                raise ValueError(f"fleet.{name}: rates below {MIN_RATE:g} make simulated times overflow, got {value}")
         if isinstance(self.fleet.tx_power_dbm, list) and len(self.fleet.tx_power_dbm) != n:
             raise ValueError(f"fleet.tx_power_dbm: {len(self.fleet.tx_power_dbm)} values for partition.num_clients={n}")
         caps = self.fleet.max_rank
