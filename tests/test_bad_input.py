@@ -239,6 +239,7 @@ DATA_CASES = [
     ("broken.json", b'[{"text": "a", "label": "b"},', ["broken.json", "invalid JSON"]),
     ("scalar.json", b'"hello"', ["scalar.json"]),
     ("types.jsonl", ('{"text": "a", "label": 1}\n{"text": "b", "label": "x"}\n' * 20).encode(), ["types.jsonl"]),
+    ("bigint.csv", b"text,label\n-9223372036854775809,a\n", ["bigint.csv", "cannot convert"]),  # found by fuzzing
     ("garbage.parquet", b"PAR1 not really", ["garbage.parquet", "Parquet"]),
     ("nolabel.csv", (_csv(_rows(30)) + "missing,\n").encode(), ["nolabel.csv", "'label'", "missing"]),
     ("few.jsonl", _jsonl(_rows(7)).encode(), ["partition.num_clients", "3 training examples over 4 clients"]),

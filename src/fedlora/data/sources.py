@@ -342,7 +342,7 @@ def _from_pandas(df, path: Path) -> datasets.Dataset:
 
     try:
         table = pa.Table.from_pandas(df, preserve_index=False)
-    except (pa.ArrowException, ValueError, TypeError) as exc:
+    except (pa.ArrowException, ValueError, TypeError, OverflowError) as exc:  # e.g. an int beyond int64
         raise DataError(f"data file {path}: cannot convert to a dataset ({_first_line(exc)})") from None
     return _dataset_from_arrow(table, path)
 
