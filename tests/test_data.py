@@ -448,9 +448,9 @@ def test_partition_errors():
         partition_dataset(ds, 4, "natural")
     with pytest.raises(DataError, match=r"scheme 'shards' unknown"):
         partition_dataset(ds, 2, "shards")
-    with pytest.raises(DataError, match=r"column 'user' not in dataset"):
+    with pytest.raises(DataError, match=r"partition.key: .*column 'user', which the data lacks"):
         partition_dataset(ds, 2, "dirichlet", key="user")
-    with pytest.raises(DataError, match=r"30 examples over 31 clients"):
+    with pytest.raises(DataError, match=r"partition.num_clients: .*30 training examples over 31 clients"):
         partition_dataset(ds, 31, "iid")
     with pytest.raises(DataError, match=r"client \d+ got 0 examples\); use a larger alpha or fewer clients"):
         partition_dataset(ds, 20, "dirichlet", alpha=0.01, seed=0)

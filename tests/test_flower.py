@@ -449,45 +449,66 @@ def test_cli_engine_flower_points_to_flwr_run(tmp_path):
 # -------------------------------------------------------------------------------------------- deployment
 
 
-@pytest.fixture
-def federation_on_loopback(tmp_path, fedlora_cache):
+@contextlib.contextmanager
+def _federation(work: Path, fedlora_cache: Path, tls: dict | None = None, extra_nodes: dict | None = None):
     """A real flower-superlink and three flower-supernode processes (partition-id 0, 1, 2) on free loopback
-    ports; yields (flwr environment, work folder, Processes); stops every process it or the test started
-    afterwards, by pid with their descendants, whatever happened."""
+    ports; yields (flwr environment, Processes); stops every process it or the caller started afterwards, by pid
+    with their descendants, whatever happened.
+
+    ``tls``: {"ca", "cert", "key"} file paths: the SuperLink serves TLS with SuperNode authentication, each node
+    ``i`` proves its identity with the private key ``keys[i]`` (registered first with ``flwr supernode register``)
+    and verifies the SuperLink with the CA; ``flwr`` too. Without it everything runs ``--insecure``.
+    ``extra_nodes``: name → extra flower-supernode arguments of nodes started after the three (their logs are
+    ``<name>.log`` in ``work``)."""
     procs = Processes()
-    home = tmp_path / "flwr-home"
+    home = work / "flwr-home"
     home.mkdir()
     port = _free_port()
+    trust = f'root-certificates = "{tls["ca"]}"' if tls else "insecure = true"
     (home / "config.toml").write_text(
-        f'[superlink]\ndefault = "loopback"\n\n[superlink.loopback]\naddress = "127.0.0.1:{port}"\ninsecure = true\n'
+        f'[superlink]\ndefault = "loopback"\n\n[superlink.loopback]\naddress = "127.0.0.1:{port}"\n{trust}\n'
     )
     env = _env(FLWR_HOME=str(home), FEDLORA_CACHE=str(fedlora_cache), FLWR_SUPEREXEC_TASK_POLL_INTERVAL="0.2")
+    if tls:
+        security = ["--ssl-ca-certfile", tls["ca"], "--ssl-certfile", tls["cert"], "--ssl-keyfile", tls["key"]]
+        security += ["--enable-supernode-auth"]
+    else:
+        security = ["--insecure"]
     try:
-        log = tmp_path / "superlink.log"
-        link = procs.start([str(BIN / "flower-superlink"), "--insecure", "--port", str(port)], log, env, tmp_path)
+        log = work / "superlink.log"
+        link = procs.start([str(BIN / "flower-superlink"), *map(str, security), "--port", str(port)], log, env, work)
         _wait_for_port(port, link, log)
+        nodes = {}
         for cid in range(3):
-            node_config = f'partition-id={cid} num-partitions=3 cache-dir="{tmp_path / f"node-{cid}"}"'
+            args = ["--insecure"]
+            if tls:
+                key = tls["keys"][cid]
+                register = [str(BIN / "flwr"), "supernode", "register", f"{key}.pub", "loopback"]
+                done = subprocess.run(register, env=env, cwd=work, capture_output=True, text=True, timeout=120)
+                assert done.returncode == 0, done.stdout + done.stderr
+                args = ["--root-certificates", str(tls["ca"]), "--auth-supernode-private-key", str(key)]
+            node_config = f'partition-id={cid} num-partitions=3 cache-dir="{work / f"node-{cid}"}"'
+            nodes[f"supernode-{cid}"] = [*args, "--node-config", node_config]
+        nodes.update(extra_nodes or {})
+        for name, args in nodes.items():
             procs.start(
-                [
-                    str(BIN / "flower-supernode"),
-                    "--insecure",
-                    "--superlink",
-                    f"127.0.0.1:{port}",
-                    "--port",
-                    str(_free_port()),
-                    "--node-config",
-                    node_config,
-                ],
-                tmp_path / f"supernode-{cid}.log",
+                [str(BIN / "flower-supernode"), "--superlink", f"127.0.0.1:{port}", "--port", str(_free_port()), *args],
+                work / f"{name}.log",
                 env,
-                tmp_path,
+                work,
             )
-        yield env, tmp_path, procs
+        yield env, procs
     finally:
         pids = [p.pid for p in procs.started]
         procs.stop_all()
         assert not any(_alive(pid) for pid in pids)
+
+
+@pytest.fixture
+def federation_on_loopback(tmp_path, fedlora_cache):
+    """The insecure federation of ``_federation``; yields (flwr environment, work folder, Processes)."""
+    with _federation(tmp_path, fedlora_cache) as (env, procs):
+        yield env, tmp_path, procs
 
 
 def test_deployment_superlink_and_three_supernodes(federation_on_loopback):
@@ -517,3 +538,180 @@ def test_deployment_superlink_and_three_supernodes(federation_on_loopback):
         _assert_same_run(out, reference)
     for cid in range(3):  # every node dropped its runs' base updates
         assert not list((work / f"node-{cid}").glob("run-*/client-*"))
+
+
+# ------------------------------------------------------------------------------------ TLS and node auth
+
+
+def _write_tls(folder: Path) -> dict:
+    """A throwaway CA, a server certificate for localhost / 127.0.0.1 signed by it, its key, and four SuperNode
+    key pairs (EC P-384, OpenSSH format, as `ssh-keygen -t ecdsa -b 384` writes them): {"ca", "cert", "key",
+    "keys"}; a node's public key is its private key's path + ".pub"."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+    valid = {
+        "not_valid_before": now - datetime.timedelta(minutes=5),
+        "not_valid_after": now + datetime.timedelta(days=1),
+    }
+
+    def certificate(subject: str, key, issuer: str, issuer_key, extensions):
+        builder = x509.CertificateBuilder(
+            subject_name=x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]),
+            issuer_name=x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]),
+            public_key=key.public_key(),
+            serial_number=x509.random_serial_number(),
+            **valid,
+        )
+        for extension, critical in extensions:
+            builder = builder.add_extension(extension, critical=critical)
+        return builder.sign(issuer_key, hashes.SHA256())
+
+    ca_key, server_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca = certificate("fedlora test CA", ca_key, "fedlora test CA", ca_key, [(x509.BasicConstraints(True, None), True)])
+    names = x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+    server = certificate("localhost", server_key, "fedlora test CA", ca_key, [(names, False)])
+    pem = serialization.Encoding.PEM
+    files = {"ca": folder / "ca.crt", "cert": folder / "server.pem", "key": folder / "server.key", "keys": []}
+    files["ca"].write_bytes(ca.public_bytes(pem))
+    files["cert"].write_bytes(server.public_bytes(pem))
+    files["key"].write_bytes(
+        server_key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    for i in range(4):
+        node_key = ec.generate_private_key(ec.SECP384R1())
+        path = folder / f"node-{i}"
+        path.write_bytes(node_key.private_bytes(pem, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()))
+        public = node_key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+        Path(f"{path}.pub").write_bytes(public)
+        files["keys"].append(path)
+    return files
+
+
+def test_deployment_with_tls_and_supernode_auth(tmp_path, fedlora_cache):
+    """A SuperLink serving TLS with SuperNode authentication: the three registered nodes (root certificate + their
+    keys) run a round of FSLoRA through `flwr run` (with the CA) and end as in-process; a node with an unregistered
+    key, a node without the CA and an insecure node are refused and exit."""
+    tls_dir = tmp_path / "tls"
+    tls_dir.mkdir()
+    tls = _write_tls(tls_dir)
+    port_args = ["--max-retries", "2", "--max-wait-time", "30"]
+    intruders = {
+        "unregistered": ["--root-certificates", str(tls["ca"]), "--auth-supernode-private-key", str(tls["keys"][3])],
+        "no-ca": ["--auth-supernode-private-key", str(tls["keys"][0])],
+        "insecure": ["--insecure"],
+    }
+    intruders = {name: [*args, *port_args, "--node-config", "partition-id=2"] for name, args in intruders.items()}
+    with _federation(tmp_path, fedlora_cache, tls=tls, extra_nodes=intruders) as (env, procs):
+        out = tmp_path / "runs" / "tls"
+        log = tmp_path / "flwr-run.log"
+        run_config = f'out="{out}" overrides="method=fslora rounds=1"'
+        command = [str(BIN / "flwr"), "run", str(APP), "loopback", "--stream", "--run-config", run_config]
+        proc = procs.start(command, log, env, tmp_path)
+        assert proc.wait(timeout=600) == 0, log.read_text()[-3000:]
+        assert "[fedlora] round 1 done" in log.read_text()
+        refused = dict(zip(intruders, procs.started[4 : 4 + len(intruders)], strict=True))  # after link + 3
+        for name, node in refused.items():
+            assert node.wait(timeout=120) != 0, name
+        listed = subprocess.run(
+            [str(BIN / "flwr"), "supernode", "list", "loopback", "--format", "json"],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert "Failed to activate SuperNode" in (tmp_path / "unregistered.log").read_text()
+    assert "CERTIFICATE_VERIFY_FAILED" in (tmp_path / "no-ca.log").read_text()
+    assert "Exit Code: 305" in (tmp_path / "insecure.log").read_text()
+    assert listed.returncode == 0, listed.stderr
+    nodes = json.loads(listed.stdout[listed.stdout.index("{") :])["nodes"]
+    assert len(nodes) == 3, nodes  # the three registered keys, nobody else
+    reference = tmp_path / "inprocess"
+    federation.run(load_config(APP / "fedlora.toml", ["method=fslora", "rounds=1"]), reference)
+    _assert_same_run(out, reference)
+
+
+# --------------------------------------------------------------------------------------- message size
+
+
+def _blob_sizes(monkeypatch) -> dict[str, list[int]]:
+    """Every download and upload blob length the round loop makes (wrapping federation's own functions)."""
+    sizes: dict[str, list[int]] = {"download": [], "upload": []}
+    download_blob, read_upload = federation.download_blob, federation.read_upload
+
+    def recording_download(*args, **kwargs):
+        blob = download_blob(*args, **kwargs)
+        sizes["download"].append(len(blob))
+        return blob
+
+    def recording_upload(plan, blob):
+        sizes["upload"].append(len(blob))
+        return read_upload(plan, blob)
+
+    monkeypatch.setattr(federation, "download_blob", recording_download)
+    monkeypatch.setattr(federation, "read_upload", recording_upload)
+    return sizes
+
+
+@pytest.mark.parametrize("method", ["fslora", "fedit", "flora", "florist", "hetlora"])
+def test_payload_bound_holds_for_real_blobs(tmp_path, monkeypatch, method):
+    """The pre-run bound is at least every blob a run makes, and close to the largest (all 4 clients join each
+    round, so FLoRA's round-2 download stacks every budget)."""
+    from fedlora.engines.flower.limits import payload_bound
+    from fedlora.engines.flower.node import client_base_model
+    from fedlora.lora.layer import inject_lora
+    from fedlora.setup import client_budgets
+
+    config = load_config(TINY, [*FAST, f"method={method}", "sampling.clients_per_round=4", "florist.tau=1.0"])
+    sizes = _blob_sizes(monkeypatch)
+    federation.run(config, tmp_path / "run")
+    model = client_base_model(config, device="cpu")[0]
+    layers = inject_lora(model, config.model.target_modules)
+    shapes = {name: (layer.out_features, layer.in_features) for name, layer in layers.items()}
+    bound = payload_bound(config, shapes, client_budgets(config))
+    assert max(sizes["download"]) <= bound.download and max(sizes["upload"]) <= bound.upload
+    assert max(sizes["download"]) >= 0.6 * bound.download and max(sizes["upload"]) >= 0.6 * bound.upload
+
+
+def test_a_payload_over_the_limit_stops_the_run_before_it_starts(tmp_path):
+    from typer.testing import CliRunner
+
+    from fedlora.cli import app
+
+    out = tmp_path / "x"
+    result = CliRunner().invoke(
+        app, ["run", str(TINY), "engine=flower-sim", "flower.max_message_mb=0.01", "--out", str(out)]
+    )
+    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1, result.stderr
+    assert "flower.max_message_mb" in lines[0] and "download" in lines[0] and "0.01 MB" in lines[0]
+    assert not out.exists()
+
+
+def test_the_engine_refuses_blobs_over_the_limit():
+    from types import SimpleNamespace
+
+    from flwr.app import ConfigRecord, RecordDict
+
+    from fedlora.engines.flower import wire
+    from fedlora.engines.flower.engine import FlowerGridEngine
+    from fedlora.errors import FedloraError
+
+    engine = FlowerGridEngine(None, {3: 77}, session="s", max_message_mb=0.001)  # 1000 bytes
+    engine._check_size("a download", 1000)  # at the limit: fine
+    with pytest.raises(FedloraError, match=r"download to client 3 \(Flower node 77\) of 0.001 MB is over flower"):
+        engine._train_message(3, b"x" * 1001, [], 0)
+    upload = b"u" * 1001
+    settings = ConfigRecord({"download_bytes": 10, "upload_bytes": len(upload)})
+    # what _read_upload reads of a reply (a real Message needs a Flower run context)
+    reply = SimpleNamespace(content=RecordDict({wire.UPLOAD: wire.blob_record(upload), wire.FEDLORA: settings}))
+    with pytest.raises(FedloraError, match=r"upload of client 3 .* over flower.max_message_mb=0.001; refused"):
+        engine._read_upload(3, reply, 10)
+    assert FlowerGridEngine(None, {3: 77}, session="s")._read_upload(3, reply, 10) == upload  # no limit

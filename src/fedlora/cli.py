@@ -142,8 +142,28 @@ def _run_on_engine(cfg, run_dir: Path, resume: bool, reporter) -> dict:
     return federation.run(cfg, run_dir, resume=resume, reporter=reporter)
 
 
+def check_output_path(path: Path, option: str, folder: bool) -> None:
+    """Fail early (before any work) when ``path`` cannot become the output folder (``folder``) or file: it exists
+    as the other kind, or its nearest existing ancestor is a file or not writable."""
+    if path.exists() and path.is_dir() != folder:
+        raise FedloraError(
+            f"{option} {path}: is a {'file' if folder else 'folder'}, not a {'folder' if folder else 'file'}"
+        )
+    ancestor = path if path.exists() else path.parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise FedloraError(f"{option} {path}: {ancestor} is a file, not a folder")
+    if not os.access(ancestor, os.W_OK):
+        raise FedloraError(f"{option} {path}: {ancestor} is not writable")
+
+
 def _fail(err: Exception) -> None:
-    console.print(f"[red]error:[/] {err}", highlight=False, soft_wrap=True)
+    from rich.markup import escape
+
+    text = " ".join(str(err).split()) or type(err).__name__  # one line, whatever a library put in the message
+    # escaped: messages name TOML tables ("[settings]") and lists, which rich would take for markup
+    console.print(f"[red]error:[/] {escape(text)}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
 
@@ -173,6 +193,7 @@ def run(
                 raise FedloraError("usage: fedlora run CONFIG [key=value ...] --out DIR  (or --resume DIR)")
             cfg = load_config(config, list(overrides or []))
             run_dir = out
+        check_output_path(run_dir, "--resume" if resume is not None else "--out", folder=True)
         reporter = RichReporter(console)
         if cfg.log.tensorboard:
             from fedlora.tensorboard_log import TensorBoardReporter
@@ -212,6 +233,7 @@ def plan(
         cfg = load_config(config, list(overrides or []))
         if cfg.plan_source is not None:
             raise FedloraError("plan: the config already has a plan applied (plan=...); plan from the bare config")
+        check_output_path(out, "--out", folder=False)  # before the pilot run, not after
         from fedlora import planning
         from fedlora.rundir import atomic_write_text
 
@@ -219,8 +241,11 @@ def plan(
             result = planning.make_plan(cfg, str(config), Path(work), log=lambda line: console.print(line))
         import tomli_w
 
-        out.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out, tomli_w.dumps(result))
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(out, tomli_w.dumps(result))
+        except OSError as err:
+            raise FedloraError(f"--out {out}: cannot write the plan ({err.strerror or err})") from None
     except FedloraError as err:
         _fail(err)
     print_plan(result)

@@ -15,6 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from fedlora.errors import ConfigError
 
+MIN_RATE = 1e-6
+"""Smallest fleet rate (tokens/s, Mbit/s) accepted: slower ones make the simulated round times overflow."""
 METHODS = ("fslora", "fedit", "ffa", "flora", "florist", "flexlora", "hetlora")
 PRIVATE_METHODS = ("fslora", "fedit", "ffa")
 """Methods whose aggregate is a weighted sum of client deltas, so clipping + Gaussian noise makes it DP."""
@@ -27,7 +29,7 @@ NOT_PRIVATE_WHY = {
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)  # TOML reads nan/inf
 
 
 class TinyModelConfig(_Section):  # shapes "tiny-random" (Llama) and "tiny-random-bert" (no num_kv_heads)
@@ -360,12 +362,16 @@ class FlowerConfig(_Section):
     """Longest wait for a round's replies (default: no limit; messages expire after message_ttl_s)."""
     message_ttl_s: float = Field(43200.0, gt=0)
     """Time-to-live of every message Flower carries (Flower's default: 12 h)."""
+    max_message_mb: float = Field(512.0, gt=0)
+    """Largest payload one Flower message may carry (a download, catch-up or upload blob), in MB (10^6 bytes).
+    Checked before the run against the largest download and upload a round can send, and on every message
+    (docs/flower.md, "Message size"). Flower 1.41 has no such setting (it chunks arrays, caps frames at 2 GiB)."""
 
 
 class RunConfig(_Section):
     """A whole fedlora run."""
 
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     method: Literal["fslora", "fedit", "ffa", "flora", "florist", "flexlora", "hetlora"] = "fslora"
     rounds: int = Field(10, ge=1)
     threads: int | None = Field(None, ge=1)
@@ -424,6 +430,8 @@ class RunConfig(_Section):
             values = value if isinstance(value, list) else [] if isinstance(value, Draw) or value is None else [value]
             if any(v <= 0 for v in values):
                 raise ValueError(f"fleet.{name}: values must be > 0, got {value}")
+            if name in ("tokens_per_s", "downlink_mbps", "uplink_mbps") and any(v < MIN_RATE for v in values):
+                raise ValueError(f"fleet.{name}: rates below {MIN_RATE:g} make simulated times overflow, got {value}")
         if isinstance(self.fleet.tx_power_dbm, list) and len(self.fleet.tx_power_dbm) != n:
             raise ValueError(f"fleet.tx_power_dbm: {len(self.fleet.tx_power_dbm)} values for partition.num_clients={n}")
         caps = self.fleet.max_rank
@@ -475,10 +483,23 @@ class RunConfig(_Section):
 # --------------------------------------------------------------------------------------------- loading
 
 
-def _read_file(path: Path) -> dict[str, Any]:
+def read_text_file(path: Path, what: str) -> str:
+    """The UTF-8 text of ``path``; a missing file, a folder, an unreadable file or bad bytes raise one-line
+    ConfigErrors naming ``what`` (e.g. "config file") and the path."""
+    if path.is_dir():
+        raise ConfigError(f"{what} {path}: is a directory, not a file")
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    text = path.read_text(encoding="utf-8")
+        raise ConfigError(f"{what} not found: {path}")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{what} {path}: not valid UTF-8 (byte {err.start}); save it as UTF-8") from None
+    except OSError as err:
+        raise ConfigError(f"{what} {path}: cannot read it ({err.strerror or err})") from None
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    text = read_text_file(path, "config file")
     try:
         if path.suffix == ".toml":
             return tomllib.loads(text)
@@ -538,8 +559,8 @@ def format_validation_error(err: ValidationError) -> str:
     """One line naming every bad field: ``config: train.lr: Input should be greater than 0 (got -1)``."""
     parts = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"])
-        msg = e["msg"].removeprefix("Value error, ")
+        loc = ".".join(_key_text(p) for p in e["loc"])
+        msg = " ".join(e["msg"].removeprefix("Value error, ").split())
         if e["type"] == "extra_forbidden":
             parts.append(f"{loc}: unknown key")
         elif e["type"] in ("missing",):
@@ -549,6 +570,12 @@ def format_validation_error(err: ValidationError) -> str:
         else:
             parts.append(msg)
     return "config: " + "; ".join(parts)
+
+
+def _key_text(part: object) -> str:
+    """A key as it shows in an error: as is when it reads as one, else quoted (``''``, ``'a\\nb'``, ``'x.y'``)."""
+    text = str(part)
+    return text if text and text.isprintable() and "." not in text and text.strip() == text else repr(text)
 
 
 def validate(data: dict[str, Any]) -> RunConfig:
@@ -599,17 +626,17 @@ def resolve_fleet(config: RunConfig) -> RunConfig:
 def apply_plan(data: dict[str, Any], plan_path: str) -> dict[str, Any]:
     """``data`` with the settings of a plan file written by ``fedlora plan`` (its [settings] table) applied."""
     path = Path(plan_path)
-    if not path.is_file():
-        raise ConfigError(f"plan: file not found: {path}")
+    text = read_text_file(path, "plan file")
     try:
-        plan = tomllib.loads(path.read_text(encoding="utf-8"))
+        plan = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"plan {path}: invalid TOML: {err}") from None
     settings = plan.get("settings")
     made_for = plan.get("made_for", {})
     if not isinstance(settings, dict) or not isinstance(made_for, dict):
         raise ConfigError(f"plan {path}: not a fedlora plan (no [settings] / [made_for] tables)")
-    n = data.get("partition", {}).get("num_clients", PartitionConfig().num_clients)
+    partition = data.get("partition") if isinstance(data.get("partition"), dict) else {}  # else validate() names it
+    n = partition.get("num_clients", PartitionConfig().num_clients)
     if made_for.get("num_clients") not in (None, n):
         raise ConfigError(f"plan {path}: made for {made_for['num_clients']} clients, but partition.num_clients is {n}")
     result = apply_overrides(data, [])
@@ -624,13 +651,20 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
     draw the fleet's population, and resolve relative data paths against the config's folder."""
     path = Path(path)
     data = _read_file(path)
+    plan = None
     for item in overrides or []:
         key, _, raw = item.partition("=")
         if key.strip() == "plan":
-            data = apply_plan(data, raw.strip())
+            plan = raw.strip()
+            data = apply_plan(data, plan)
         else:
             data = apply_overrides(data, [item])
-    config = resolve_fleet(validate(data))
+    try:
+        config = resolve_fleet(validate(data))
+    except ConfigError as err:
+        if plan is None:
+            raise
+        raise ConfigError(f"{err} (with the settings of plan {plan})") from None
     source = config.data.source
     if Path(source).suffix in (".json", ".jsonl", ".csv", ".parquet") and not Path(source).is_absolute():
         beside_config = (path.parent / source).resolve()

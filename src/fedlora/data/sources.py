@@ -8,6 +8,7 @@ Everything returns an in-memory :class:`datasets.Dataset`. Local files are parse
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import datasets
@@ -274,7 +275,8 @@ def _load_json(path: Path) -> datasets.Dataset:
         where = "list element"
     else:
         rows = []
-        for lineno, line in enumerate(text.splitlines(), start=1):
+        # split at "\n" only: str.splitlines also breaks at U+0085, U+2028, ... which JSON strings may hold raw
+        for lineno, line in enumerate(text.split("\n"), start=1):
             if not line.strip():
                 continue
             try:
@@ -306,10 +308,15 @@ def _load_csv(path: Path) -> datasets.Dataset:
 
     _read_utf8(path)  # clear error on a bad encoding before pandas guesses
     try:
-        df = pd.read_csv(path, encoding="utf-8", keep_default_na=False, na_values=[""])
+        with warnings.catch_warnings():
+            # index_col=False: rows with more cells than the header are an error, not an index
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            df = pd.read_csv(path, encoding="utf-8", keep_default_na=False, na_values=[""], index_col=False)
     except pd.errors.EmptyDataError:
         raise DataError(f"data file {path}: file is empty (no header row)") from None
-    except pd.errors.ParserError as exc:
+    except pd.errors.ParserWarning:
+        raise DataError(f"data file {path}: some rows have more cells than the header has columns") from None
+    except (pd.errors.ParserError, ValueError) as exc:
         raise DataError(f"data file {path}: cannot parse CSV ({_first_line(exc)})") from None
     if len(df) == 0:
         raise DataError(f"data file {path}: header only, no examples")
@@ -326,7 +333,7 @@ def _load_parquet(path: Path) -> datasets.Dataset:
         raise DataError(f"data file {path}: not a readable Parquet file ({_first_line(exc)})") from None
     if table.num_rows == 0:
         raise DataError(f"data file {path}: no examples")
-    return _dataset_from_arrow(table)
+    return _dataset_from_arrow(table, path)
 
 
 def _from_pandas(df, path: Path) -> datasets.Dataset:
@@ -335,17 +342,20 @@ def _from_pandas(df, path: Path) -> datasets.Dataset:
 
     try:
         table = pa.Table.from_pandas(df, preserve_index=False)
-    except (pa.ArrowException, ValueError, TypeError) as exc:
+    except (pa.ArrowException, ValueError, TypeError, OverflowError) as exc:  # e.g. an int beyond int64
         raise DataError(f"data file {path}: cannot convert to a dataset ({_first_line(exc)})") from None
-    return _dataset_from_arrow(table)
+    return _dataset_from_arrow(table, path)
 
 
-def _dataset_from_arrow(table) -> datasets.Dataset:
+def _dataset_from_arrow(table, path: Path) -> datasets.Dataset:
     """Wrap an arrow table; top-level ``large_string`` columns (pandas' default) become ``string``."""
     import pyarrow as pa
 
     schema = pa.schema([pa.field(f.name, pa.string()) if pa.types.is_large_string(f.type) else f for f in table.schema])
-    return datasets.Dataset(table.cast(schema).replace_schema_metadata(None))
+    try:
+        return datasets.Dataset(table.cast(schema).replace_schema_metadata(None))
+    except (pa.ArrowException, ValueError, TypeError) as exc:  # datasets' CastError is a ValueError
+        raise DataError(f"data file {path}: cannot convert to a dataset ({_first_line(exc)})") from None
 
 
 def _load_hub(name: str, subset: str | None, split: str) -> datasets.Dataset:

@@ -231,8 +231,15 @@ def validate_columns(dataset: datasets.Dataset, template: Template, source_name:
             f"(has {', '.join(map(repr, have))})"
         )
     if isinstance(template, ClassificationTemplate):
+        values = dataset.unique(template.label_field)
+        if any(v is None for v in values):
+            row = dataset[template.label_field].index(None)
+            raise DataError(
+                f"data source {source_name}: column {template.label_field!r} has missing values (first in row "
+                f"{row + 1}); every example needs a label"
+            )
         unknown = []
-        for value in dataset.unique(template.label_field):
+        for value in values:
             try:
                 template.label_index({template.label_field: value})
             except DataError:

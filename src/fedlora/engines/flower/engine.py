@@ -30,6 +30,7 @@ from flwr.app import ConfigRecord, Message, RecordDict
 from fedlora import payload
 from fedlora.engines.base import ClientFailure
 from fedlora.engines.flower import wire
+from fedlora.engines.flower.limits import blob_over_limit
 from fedlora.errors import FedloraError
 from fedlora.lora.state import Factors, flatten_factors
 
@@ -99,8 +100,11 @@ class FlowerGridEngine:
         message_ttl_s: float | None = None,
         fail_fast: bool = True,
         timeout_setting: str = "flower.round_timeout_s",
+        max_message_mb: float | None = None,
     ) -> None:
         self.grid = grid
+        self.max_message_mb = max_message_mb
+        """Largest blob a message may carry (None: no limit); checked on every download, catch-up and upload."""
         self.session = session
         self.nodes = dict(nodes)
         self.round_timeout_s = round_timeout_s
@@ -197,12 +201,14 @@ class FlowerGridEngine:
             }
         )
         extra = 0
+        self._check_size(f"the download to {self.label(cid)}", len(blob))
         missed = history[first : target - 1]  # the newest update travels in the download ("sync.")
         if missed:
             tensors = {}
             for offset, update in enumerate(missed):
                 tensors.update(flatten_factors(update, prefix=f"base{first + offset:06d}."))
             catchup = payload.pack(tensors, {"first": first, "count": len(missed)})
+            self._check_size(f"the catch-up of {len(missed)} base updates to {self.label(cid)}", len(catchup))
             content[wire.CATCHUP] = wire.blob_record(catchup)
             extra = len(catchup)
         message = Message(
@@ -219,12 +225,18 @@ class FlowerGridEngine:
         upload = wire.record_blob(reply, wire.UPLOAD)
         if upload is None:
             raise FedloraError(f"flower: {self.label(cid)}: replied without an upload")
+        self._check_size(f"the upload of {self.label(cid)}", len(upload))
         if int(meta["download_bytes"]) != sent or int(meta["upload_bytes"]) != len(upload):
             raise FedloraError(
                 f"flower: {self.label(cid)}: carried bytes differ from the blobs (download {sent} sent, "
                 f"{meta['download_bytes']} received; upload {meta['upload_bytes']} sent, {len(upload)} received)"
             )
         return upload
+
+    def _check_size(self, what: str, size: int) -> None:
+        complaint = blob_over_limit(what, size, self.max_message_mb)
+        if complaint is not None:
+            raise FedloraError(f"flower: {complaint}; refused")
 
     def finish(self, timeout: float = 60.0) -> None:
         """Tell every node the run is over (they drop its stored base updates); failures are ignored."""

@@ -32,6 +32,7 @@ from pathlib import Path
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 
 from fedlora.engines.flower import wire
+from fedlora.engines.flower.limits import blob_over_limit
 from fedlora.errors import FedloraError
 
 _RUNTIME: _Runtime | None = None
@@ -374,6 +375,9 @@ def handle_train(message: Message, context: Context) -> Message:
         rt.load_model()  # the model may hold a half-applied update: start from the original base next time
         raise
     rt.base_version = target
+    complaint = blob_over_limit(f"client {cid}: its upload", len(upload), rt.config.flower.max_message_mb)
+    if complaint is not None:  # the server would refuse it: say so from here, without sending it
+        raise FedloraError(f"flower: {complaint}; not sent")
     reply = ConfigRecord(
         {
             "status": wire.STATUS_OK,

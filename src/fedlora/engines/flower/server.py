@@ -23,6 +23,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedlora.engines.flower.engine import FlowerGridEngine, connect_nodes
+from fedlora.errors import ConfigError
 
 
 def client_threads(config, simulation: bool) -> int:
@@ -36,21 +37,40 @@ def client_threads(config, simulation: bool) -> int:
     return config.threads or 0
 
 
+def check_payload_sizes(config) -> str:
+    """Check that no round can send a blob over ``flower.max_message_mb`` (ConfigError otherwise) from the module
+    shapes of the run's base model (built on the CPU, as a node builds it); returns the base's weight fingerprint
+    the nodes must match ("" for a named model)."""
+    from fedlora.engines.flower.limits import check_message_limit
+    from fedlora.engines.flower.node import client_base_model
+    from fedlora.lora.layer import inject_lora
+    from fedlora.setup import client_budgets
+
+    model, _, fingerprint = client_base_model(config, device="cpu")
+    try:
+        layers = inject_lora(model, config.model.target_modules)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    shapes = {name: (layer.out_features, layer.in_features) for name, layer in layers.items()}
+    check_message_limit(config, shapes, client_budgets(config))
+    return fingerprint
+
+
 def run_on_grid(grid: Grid, config, run_dir: Path, *, resume: bool = False, reporter=None, simulation=False) -> dict:
     """``federation.run`` with its clients on the SuperNodes of ``grid``; returns the run's summary."""
     from fedlora import federation
     from fedlora.config import dump_config
-    from fedlora.engines.flower.node import expected_fingerprint
 
     f = config.flower
     say = getattr(reporter, "log", None)
+    fingerprint = check_payload_sizes(config)  # before any node is contacted or anything is written
     session = uuid.uuid4().hex[:12]  # this fedlora run on these nodes (one Flower run may carry several)
     nodes = connect_nodes(
         grid,
         dump_config(config),
         config.partition.num_clients,
         session=session,
-        base_fingerprint=expected_fingerprint(config),
+        base_fingerprint=fingerprint,
         threads=client_threads(config, simulation),
         timeout_s=f.connect_timeout_s,
         ttl=f.message_ttl_s,
@@ -67,6 +87,7 @@ def run_on_grid(grid: Grid, config, run_dir: Path, *, resume: bool = False, repo
         message_ttl_s=f.message_ttl_s,
         fail_fast=config.faults.fail_fast,
         timeout_setting="faults.round_deadline_s" if deadline is not None else "flower.round_timeout_s",
+        max_message_mb=f.max_message_mb,
     )
     try:
         return federation.run(config, run_dir, resume=resume, reporter=reporter, engine=engine)
@@ -109,7 +130,6 @@ def deployment_config(run_config: dict, app_dir: Path | None):
     """(fedlora config, run folder, resume) from a Flower run config (see the module docstring)."""
     from fedlora.cli import resume_config
     from fedlora.config import load_config
-    from fedlora.errors import ConfigError
 
     out = str(run_config.get("out", "") or "")
     if not out:

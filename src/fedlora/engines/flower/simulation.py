@@ -14,7 +14,7 @@ from pathlib import Path
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from fedlora.engines.flower.server import run_on_grid
+from fedlora.engines.flower.server import check_payload_sizes, run_on_grid
 from fedlora.errors import FedloraError
 
 
@@ -62,6 +62,7 @@ def simulate(main: Callable[[Grid], None], config, *, keep_ray: bool = False) ->
 def run_simulation(config, run_dir: Path, *, resume: bool = False, reporter=None, keep_ray: bool = False) -> dict:
     """Run (or resume) ``config`` into ``run_dir`` with every client on a simulated SuperNode; the summary."""
     result: dict = {}
+    check_payload_sizes(config)  # a ConfigError now rather than from inside the simulation, after Ray's start-up
 
     def main(grid: Grid) -> None:
         result["summary"] = run_on_grid(grid, config, run_dir, resume=resume, reporter=reporter, simulation=True)
