@@ -263,9 +263,11 @@ def run(
     checkpoint = rundir.load_checkpoint(run_dir) if resume and rundir.has_checkpoint(run_dir) else None
     if checkpoint is not None and checkpoint[0] > config.rounds:  # checked before anything is loaded or written
         raise ConfigError(f"rounds: {config.rounds} is below the {checkpoint[0]} rounds {run_dir} has already done")
-    # the config first (with or without a checkpoint, e.g. more rounds): a run killed from here on can be resumed
-    rundir.atomic_write_text(run_dir / rundir.CONFIG_FILE, dump_config(config))
+    if checkpoint is None:  # the config first: a run killed from here on can be resumed
+        rundir.write_config(run_dir, dump_config(config))
     setup = build(config, run_dir, resume)
+    if checkpoint is not None:  # once model and data have loaded (a failed resume leaves the folder as it was)
+        rundir.write_config(run_dir, dump_config(config))  # e.g. more rounds
     method = build_method(config, setup)
     faults = config.faults
     if engine is None:

@@ -73,6 +73,13 @@ def write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+def write_config(run_dir: Path, text: str) -> None:
+    """Write config.resolved.toml, unless it already holds ``text`` (a resume then leaves it untouched)."""
+    path = run_dir / CONFIG_FILE
+    if not path.is_file() or path.read_text(encoding="utf-8") != text:
+        atomic_write_text(path, text)
+
+
 def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
     """Append one round's record to metrics.jsonl and fsync it."""
     with open(run_dir / METRICS_FILE, "a", encoding="utf-8") as f:
