@@ -651,9 +651,9 @@ def _blob_sizes(monkeypatch) -> dict[str, list[int]]:
         sizes["download"].append(len(blob))
         return blob
 
-    def recording_upload(plan, blob):
+    def recording_upload(plan, blob, *args, **kwargs):
         sizes["upload"].append(len(blob))
-        return read_upload(plan, blob)
+        return read_upload(plan, blob, *args, **kwargs)
 
     monkeypatch.setattr(federation, "download_blob", recording_download)
     monkeypatch.setattr(federation, "read_upload", recording_upload)
