@@ -32,15 +32,22 @@ at roughly the machine's GEMM speed: what is left is the decoder itself.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["choice_logprobs", "classification_accuracy", "multiple_choice_accuracy", "option_logprobs"]
+__all__ = [
+    "choice_logprobs",
+    "classification_accuracy",
+    "multiple_choice_accuracy",
+    "option_logprobs",
+    "pick_options",
+]
 
 # Config attributes that transform logits after the LM head; when set, the head-only shortcut is not used.
 _LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_softcapping", "logit_scale", "logits_scaling")
@@ -72,30 +79,16 @@ def option_logprobs(
         raise ValueError("options is empty: nothing to score")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    option_ids = [list(tokenizer(option, add_special_tokens=False)["input_ids"]) for option in options]
-    for option, ids in zip(options, option_ids, strict=True):
-        if not ids:
-            raise ValueError(f"option {option!r} tokenises to no tokens")
-    prompt_ids = [list(tokenizer(prompt)["input_ids"]) for prompt in prompts]
-    for prompt, ids in zip(prompts, prompt_ids, strict=True):
-        if not ids:
-            raise ValueError(f"prompt {prompt!r} tokenises to no tokens and the tokenizer adds no BOS")
+    option_ids, prompt_ids = _tokenise(tokenizer, prompts, options)
     if not prompts:
         return torch.zeros(0, len(options), dtype=torch.float64)
-
-    pad_id = tokenizer.pad_token_id if getattr(tokenizer, "pad_token_id", None) is not None else 0
-    modes = [(module, module.training) for module in model.modules()]  # restored exactly afterwards
-    model.eval()
-    try:
-        with torch.inference_mode():
-            logits_at = _logits_function(model, pad_id, min(prompt_ids, key=len))
-            if all(len(ids) == 1 for ids in option_ids):
-                scores = _score_single_tokens(logits_at, prompt_ids, [ids[0] for ids in option_ids], batch_size)
-            else:
-                scores = _score_sequences(logits_at, prompt_ids, option_ids, batch_size)
-    finally:
-        for module, training in modes:
-            module.training = training
+    pad_id = _pad_id(tokenizer)
+    with _scoring_mode(model):
+        logits_at = _logits_function(model, pad_id, min(prompt_ids, key=len))
+        if all(len(ids) == 1 for ids in option_ids):
+            scores = _score_single_tokens(logits_at, prompt_ids, [ids[0] for ids in option_ids], batch_size)
+        else:
+            scores = _score_sequences(logits_at, prompt_ids, option_ids, batch_size)
     scores = scores.clone()  # a normal tensor, usable outside inference mode
     if length_normalize:
         lengths = torch.tensor([len(ids) for ids in option_ids], dtype=torch.float64)
@@ -148,11 +141,46 @@ def choice_logprobs(
     for i, opts in enumerate(options):
         groups.setdefault(tuple(opts), []).append(i)
     result: list[torch.Tensor] = [torch.empty(0)] * len(prompts)
+    multi: list[tuple[list[int], list[list[int]]]] = []  # (members, option ids) of lists with a multi-token option
     for opts, members in groups.items():
-        scores = option_logprobs(model, tokenizer, [prompts[i] for i in members], list(opts), **kw)
-        for row, i in enumerate(members):
-            result[i] = scores[row]
+        option_ids, _ = _tokenise(tokenizer, [], list(opts))
+        if all(len(ids) == 1 for ids in option_ids):
+            scores = option_logprobs(model, tokenizer, [prompts[i] for i in members], list(opts), **kw)
+            for row, i in enumerate(members):
+                result[i] = scores[row]
+        else:
+            multi.append((members, option_ids))
+    if multi:
+        _score_multi_token_groups(model, tokenizer, prompts, multi, result, **kw)
     return result
+
+
+def _score_multi_token_groups(
+    model: nn.Module,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    groups: list[tuple[list[int], list[list[int]]]],
+    result: list[torch.Tensor],
+    *,
+    batch_size: int = 16,
+    length_normalize: bool = False,
+) -> None:
+    """Fill ``result[i]`` for every prompt of ``groups``: all their (prompt, option) pairs in shared batches."""
+    prompt_ids: dict[int, list[int]] = {}
+    for members, _ in groups:
+        _, ids = _tokenise(tokenizer, [prompts[i] for i in members], [])
+        prompt_ids.update(zip(members, ids, strict=True))
+    pairs = [(prompt_ids[i], o) for members, option_ids in groups for i in members for o in option_ids]
+    with _scoring_mode(model):
+        logits_at = _logits_function(model, _pad_id(tokenizer), min(prompt_ids.values(), key=len))
+        flat = _score_pairs(logits_at, pairs, batch_size).clone()
+    at = 0
+    for members, option_ids in groups:
+        lengths = torch.tensor([len(ids) for ids in option_ids], dtype=torch.float64)
+        for i in members:
+            row = flat[at : at + len(option_ids)]
+            result[i] = row / lengths if length_normalize else row
+            at += len(option_ids)
 
 
 def multiple_choice_accuracy(
@@ -174,7 +202,19 @@ def multiple_choice_accuracy(
     for i, (g, opts) in enumerate(zip(gold, options, strict=True)):
         if not 0 <= g < len(opts):
             raise ValueError(f"prompt {i}: gold index {g} is not an option index in [0, {len(opts)})")
-    scores = choice_logprobs(model, tokenizer, prompts, options, **kw)
+    return pick_options(choice_logprobs(model, tokenizer, prompts, options, **kw), gold)
+
+
+def pick_options(scores: Sequence[torch.Tensor], gold: Sequence[int]) -> tuple[float, torch.Tensor]:
+    """(accuracy in [0, 1], picks as a LongTensor [len(scores)]) of picking each row's highest score (ties and
+    NaN rows to the lowest index) against the gold option indices."""
+    if len(gold) != len(scores):
+        raise ValueError(f"gold has {len(gold)} answers for {len(scores)} score rows")
+    for i, (g, row) in enumerate(zip(gold, scores, strict=True)):
+        if not 0 <= g < len(row):
+            raise ValueError(f"prompt {i}: gold index {g} is not an option index in [0, {len(row)})")
+    if not scores:
+        raise ValueError("no prompts to score")
     predicted = torch.tensor([int(_argmax_lowest(row[None, :])[0]) for row in scores], dtype=torch.long)
     accuracy = (predicted == torch.as_tensor(list(gold), dtype=torch.long)).double().mean().item()
     return accuracy, predicted
@@ -210,18 +250,23 @@ def _score_single_tokens(
 def _score_sequences(
     logits_at: LogitsAt, prompt_ids: list[list[int]], option_ids: list[list[int]], batch_size: int
 ) -> torch.Tensor:
-    """[P, O] summed log p(option tokens | prompt): one forward per pair, head at option positions only."""
-    n_options = len(option_ids)
-    pairs = [(p, o) for p in range(len(prompt_ids)) for o in range(n_options)]
-    lengths = [len(prompt_ids[p]) + len(option_ids[o]) for p, o in pairs]
+    """[P, O] summed log p(option tokens | prompt): every (prompt, option) pair scored by :func:`_score_pairs`."""
+    pairs = [(p, o) for p in prompt_ids for o in option_ids]
+    return _score_pairs(logits_at, pairs, batch_size).view(len(prompt_ids), len(option_ids))
+
+
+def _score_pairs(logits_at: LogitsAt, pairs: list[tuple[list[int], list[int]]], batch_size: int) -> torch.Tensor:
+    """[N] summed log p(option tokens | prompt) of (prompt ids, option ids) pairs: one forward per pair, pairs
+    of any prompts batched by length, head at option positions only."""
+    lengths = [len(p) + len(o) for p, o in pairs]
     flat = torch.empty(len(pairs), dtype=torch.float64)
     for chunk in _length_batches(lengths, batch_size):
         seqs, rows, positions, targets = [], [], [], []
         for row, pair_index in enumerate(chunk):
-            p, o = pairs[pair_index]
-            start = len(prompt_ids[p])
-            seqs.append(prompt_ids[p] + option_ids[o])
-            for j, token in enumerate(option_ids[o]):
+            prompt, option = pairs[pair_index]
+            start = len(prompt)
+            seqs.append(prompt + option)
+            for j, token in enumerate(option):
                 rows.append(row)
                 positions.append(start - 1 + j)  # the position whose output predicts option token j
                 targets.append(token)
@@ -230,13 +275,45 @@ def _score_sequences(
         picked = logits.float().log_softmax(dim=-1).gather(1, torch.tensor(targets, device=logits.device)[:, None])
         sums = torch.zeros(len(chunk), dtype=torch.float64).index_add_(0, rows_t, picked[:, 0].double().cpu())
         flat[chunk] = sums
-    return flat.view(len(prompt_ids), n_options)
+    return flat
 
 
 def _length_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
     """Indices grouped into batches of similar length, longest first (ties in index order)."""
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def _tokenise(
+    tokenizer: Any, prompts: Sequence[str], options: Sequence[str]
+) -> tuple[list[list[int]], list[list[int]]]:
+    """(option ids, prompt ids) by the shared rule; ValueError for an option or prompt with no tokens."""
+    option_ids = [list(tokenizer(option, add_special_tokens=False)["input_ids"]) for option in options]
+    for option, ids in zip(options, option_ids, strict=True):
+        if not ids:
+            raise ValueError(f"option {option!r} tokenises to no tokens")
+    prompt_ids = [list(tokenizer(prompt)["input_ids"]) for prompt in prompts]
+    for prompt, ids in zip(prompts, prompt_ids, strict=True):
+        if not ids:
+            raise ValueError(f"prompt {prompt!r} tokenises to no tokens and the tokenizer adds no BOS")
+    return option_ids, prompt_ids
+
+
+def _pad_id(tokenizer: Any) -> int:
+    return tokenizer.pad_token_id if getattr(tokenizer, "pad_token_id", None) is not None else 0
+
+
+@contextlib.contextmanager
+def _scoring_mode(model: nn.Module) -> Iterator[None]:
+    """Eval mode under ``torch.inference_mode()``; every module's train/eval flag is restored exactly after."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        with torch.inference_mode():
+            yield
+    finally:
+        for module, training in modes:
+            module.training = training
 
 
 # ------------------------------------------------------------------------------------ logits at positions
