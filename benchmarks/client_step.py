@@ -400,9 +400,13 @@ def check(args: dict) -> dict:
     }
 
 
-def _in_child(fn, *args) -> dict:
+def _in_child(fn, *args, fixed_mmap: bool = False):
+    """``fn(*args)`` in a fresh spawned process; ``fixed_mmap``: glibc's mmap threshold fixed at 128 KiB (memory
+    probes only: timings run with the default allocator, as a user's process would)."""
     ctx = mp.get_context("spawn")
-    env = {"MALLOC_MMAP_THRESHOLD_": "131072", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    if fixed_mmap:
+        env["MALLOC_MMAP_THRESHOLD_"] = "131072"
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
@@ -455,7 +459,7 @@ def main(argv: list[str] | None = None) -> int:
     peaks: dict[str, float] = {}
     for kind in ("train", "eval"):
         for side in ("fedlora", "plain"):
-            peaks[f"{kind} {side}"] = _in_child(memory, kind, side, opts)
+            peaks[f"{kind} {side}"] = _in_child(memory, kind, side, opts, fixed_mmap=True)
     eq = _in_child(check, opts)
 
     def rate(kind: str, side: str) -> float:
