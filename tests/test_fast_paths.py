@@ -255,6 +255,7 @@ def test_multi_token_options_of_different_prompts_share_batches():
     finally:
         hook.remove()
     assert sequences == [4, 4, 1] * 2  # all 9 pairs in shared batches, not one batch per prompt
+    assert not any(row.is_inference() for row in scores + normalised)
     for got, mean, prompt, opts in zip(scores, normalised, prompts, options, strict=True):
         want = _naive_scores(model, tok, prompt, opts)
         torch.testing.assert_close(got, want, atol=1e-5, rtol=0)

@@ -173,7 +173,8 @@ def _score_multi_token_groups(
     pairs = [(prompt_ids[i], o) for members, option_ids in groups for i in members for o in option_ids]
     with _scoring_mode(model):
         logits_at = _logits_function(model, _pad_id(tokenizer), min(prompt_ids.values(), key=len))
-        flat = _score_pairs(logits_at, pairs, batch_size).clone()
+        flat = _score_pairs(logits_at, pairs, batch_size)
+    flat = flat.clone()  # a normal tensor, usable outside inference mode
     at = 0
     for members, option_ids in groups:
         lengths = torch.tensor([len(ids) for ids in option_ids], dtype=torch.float64)
