@@ -242,25 +242,59 @@ def test_truncated_prompts_are_scored_on_the_full_prompt():
     assert abs(fused.loss_sum / fused.loss_tokens - _reference_loss(model, eval_set.encoded, tok.pad_token_id)) < 1e-5
 
 
-def test_multi_token_options_of_different_prompts_share_batches():
+def _calls(model, calls: list[tuple[int, bool]]):
+    """Record (rows, continues a KV cache) of every decoder forward."""
+
+    def record(module, args, kwargs, out):
+        cached = kwargs.get("cache", kwargs.get("past_key_values")) is not None
+        calls.append((kwargs["input_ids"].shape[0], cached))
+
+    return model.get_decoder().register_forward_hook(record, with_kwargs=True)
+
+
+MULTI = [["ab", "c"], ["xyz", "q", "rr"], ["ab", "c"], ["hello", "hi"]]  # 9 (prompt, option) pairs, 6 multi-token
+
+
+def test_multi_token_options_run_each_prompt_once_with_a_shared_prefix():
     model, tok, _ = _model()
-    options = [["ab", "c"], ["xyz", "q", "rr"], ["ab", "c"], ["hello", "hi"]]  # 9 (prompt, option) pairs
-    prompts = PROMPTS[: len(options)]
-    scoring.choice_logprobs(model, tok, prompts[:1], options[:1])  # verifies the decoder/head split once
-    sequences = []
-    hook = _count_sequences(model, sequences)
+    prompts = PROMPTS[: len(MULTI)]
+    scoring.choice_logprobs(model, tok, prompts[:1], MULTI[:1])  # verifies the split and the KV-cache path once
+    assert scoring._prefix_verified[model] is True
+    calls: list[tuple[int, bool]] = []
+    hook = _calls(model, calls)
     try:
-        scores = scoring.choice_logprobs(model, tok, prompts, options, batch_size=4)
-        normalised = scoring.choice_logprobs(model, tok, prompts, options, batch_size=4, length_normalize=True)
+        scores = scoring.choice_logprobs(model, tok, prompts, MULTI, batch_size=6)
+        normalised = scoring.choice_logprobs(model, tok, prompts, MULTI, batch_size=6, length_normalize=True)
+        grid = scoring.choice_logprobs(model, tok, prompts, [["xyz", "q", "rr"]] * 4, batch_size=6)
     finally:
         hook.remove()
-    assert sequences == [4, 4, 1] * 2  # all 9 pairs in shared batches, not one batch per prompt
-    assert not any(row.is_inference() for row in scores + normalised)
-    for got, mean, prompt, opts in zip(scores, normalised, prompts, options, strict=True):
+    prompt_rows = sum(rows for rows, cached in calls if not cached)
+    continued_rows = sum(rows for rows, cached in calls if cached)
+    assert (prompt_rows, continued_rows) == (4 + 4 + 4, 6 + 6 + 2 * 4)  # one forward per prompt, then the options
+    for got, mean, prompt, opts in zip(scores, normalised, prompts, MULTI, strict=True):
         want = _naive_scores(model, tok, prompt, opts)
         torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
         lengths = torch.tensor([len(o.encode()) for o in opts], dtype=torch.float64)
         torch.testing.assert_close(mean, want / lengths, atol=1e-5, rtol=0)
+    for row, prompt in zip(grid, prompts, strict=True):
+        torch.testing.assert_close(row, _naive_scores(model, tok, prompt, ["xyz", "q", "rr"]), atol=1e-5, rtol=0)
+    assert not any(row.is_inference() for row in scores + normalised + grid)
+
+
+def test_without_the_prefix_path_multi_token_pairs_of_all_prompts_share_batches():
+    model, tok, _ = _model()
+    prompts = PROMPTS[: len(MULTI)]
+    scoring.choice_logprobs(model, tok, prompts[:1], MULTI[:1])
+    scoring._prefix_verified[model] = False  # as for a model whose KV cache does not reproduce the full forward
+    calls: list[tuple[int, bool]] = []
+    hook = _calls(model, calls)
+    try:
+        scores = scoring.choice_logprobs(model, tok, prompts, MULTI, batch_size=4)
+    finally:
+        hook.remove()
+    assert calls == [(4, False), (4, False), (1, False)]  # all 9 pairs in shared batches, not a batch per prompt
+    for got, prompt, opts in zip(scores, prompts, MULTI, strict=True):
+        torch.testing.assert_close(got, _naive_scores(model, tok, prompt, opts), atol=1e-5, rtol=0)
 
 
 def test_fused_pass_restores_train_mode_and_handles_no_options():

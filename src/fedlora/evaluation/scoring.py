@@ -9,12 +9,16 @@ Tokenisation rule (shared with training, :func:`fedlora.data.tokenize.encode_exa
 and ``score(prompt, option) = sum_j log p(option_ids[j] | sequence[: len(prompt_ids) + j])`` in nats
 (divided by ``len(option_ids)`` when ``length_normalize``).
 
-Two paths compute it, both exact (they agree with a plain full-forward reference to ~1e-6 in float32):
+Three paths compute it, all exact (they agree with a plain full-forward reference to ~1e-6 in float32):
 
 * fast path, when every option is a single token: one forward per prompt (not per prompt x option), and the
   LM head is applied only at each prompt's last position;
-* general path: one forward per (prompt, option) sequence, and the LM head is applied only at the positions
-  that predict option tokens.
+* shared prefix (:func:`choice_logprobs`, what held-out evaluation uses, when some option has several tokens):
+  one forward per prompt whose KV cache is kept, then every option's tokens after it (all but the last, at
+  positions ``len(prompt) + j``), with the head only at the positions that predict option tokens; used once
+  it has reproduced the per-pair path on a probe (checked once per model), else
+* general path (also :func:`option_logprobs`'s path for multi-token options): one forward per (prompt, option)
+  sequence, pairs of all prompts batched by length, head only at the positions that predict option tokens.
 
 "LM head only where needed" runs ``model.get_decoder()`` for hidden states and
 ``model.get_output_embeddings()`` on the selected rows. A model without that structure, or with a logit
@@ -33,6 +37,7 @@ at roughly the machine's GEMM speed: what is left is the decoder itself.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import warnings
 import weakref
 from collections.abc import Callable, Iterator, Sequence
@@ -172,8 +177,15 @@ def _score_multi_token_groups(
         prompt_ids.update(zip(members, ids, strict=True))
     pairs = [(prompt_ids[i], o) for members, option_ids in groups for i in members for o in option_ids]
     with _scoring_mode(model):
-        logits_at = _logits_function(model, _pad_id(tokenizer), min(prompt_ids.values(), key=len))
-        flat = _score_pairs(logits_at, pairs, batch_size)
+        probe = min(prompt_ids.values(), key=len)
+        logits_at = _logits_function(model, _pad_id(tokenizer), probe)
+        by_prefix = _prefix_scorer(model, _pad_id(tokenizer), probe, logits_at)
+        if by_prefix is not None:
+            order = [i for members, _ in groups for i in members]
+            options_of = [option_ids for members, option_ids in groups for _ in members]
+            flat = torch.cat(by_prefix([prompt_ids[i] for i in order], options_of, batch_size))
+        else:
+            flat = _score_pairs(logits_at, pairs, batch_size)
     flat = flat.clone()  # a normal tensor, usable outside inference mode
     at = 0
     for members, option_ids in groups:
@@ -277,6 +289,113 @@ def _score_pairs(logits_at: LogitsAt, pairs: list[tuple[list[int], list[int]]], 
         sums = torch.zeros(len(chunk), dtype=torch.float64).index_add_(0, rows_t, picked[:, 0].double().cpu())
         flat[chunk] = sums
     return flat
+
+
+PrefixScorer = Callable[[list[list[int]], list[list[list[int]]], int], list[torch.Tensor]]
+_prefix_verified: weakref.WeakKeyDictionary[nn.Module, bool] = weakref.WeakKeyDictionary()
+
+
+def _prefix_scorer(model: nn.Module, pad_id: int, probe: list[int], logits_at: LogitsAt) -> PrefixScorer | None:
+    """The shared-prefix scorer (:func:`_score_by_prefix`) when the model has a decoder/head split whose KV cache
+    reproduces the per-pair path (checked once per model on ``probe`` + two made-up options), else None."""
+    split = _head_split(model)
+    if split is None or not _split_verified.get(model, False):
+        return None
+    device = _model_device(model)
+
+    def by_prefix(prompt_ids: list[list[int]], options_of: list[list[list[int]]], batch_size: int):
+        return _score_by_prefix(split, pad_id, device, prompt_ids, options_of, batch_size)
+
+    if model not in _prefix_verified:
+        options = [[probe[-1], probe[0], probe[-1]], [probe[0]]]
+        try:
+            fast = by_prefix([probe], [options], 2)[0]
+        except (AttributeError, TypeError, ValueError, NotImplementedError, RuntimeError):
+            _prefix_verified[model] = False  # a decoder without a usable KV cache: score pair by pair
+            return None
+        slow = _score_pairs(logits_at, [(probe, o) for o in options], 2)
+        precise = next(model.parameters()).dtype in (torch.float32, torch.float64)
+        _prefix_verified[model] = bool(
+            (fast - slow).abs().max() <= (1e-4 if precise else 2e-2) * max(1.0, slow.abs().max())
+        )
+        if not _prefix_verified[model]:
+            warnings.warn(
+                "option scoring: the KV cache does not reproduce the full forward; scoring pair by pair", stacklevel=4
+            )
+    return by_prefix if _prefix_verified[model] else None
+
+
+def _score_by_prefix(
+    split: HeadSplit,
+    pad_id: int,
+    device: torch.device,
+    prompt_ids: list[list[int]],
+    options_of: list[list[list[int]]],
+    batch_size: int,
+) -> list[torch.Tensor]:
+    """Per prompt, the float64 summed log p(option tokens | prompt) [len(options_of[i])], with one forward of each
+    prompt: its KV cache is kept and every option's tokens (all but the last) run after it, at positions
+    len(prompt) + j. Prompts are batched by length so that a batch holds at most ``batch_size`` option rows."""
+    decoder, head = split
+    result: list[torch.Tensor] = [torch.empty(0)] * len(prompt_ids)
+    widest = max((len(opts) for opts in options_of), default=1)
+    for chunk in _length_batches([len(p) for p in prompt_ids], max(1, batch_size // max(widest, 1))):
+        seqs = [prompt_ids[i] for i in chunk]
+        ids, mask = _pad(seqs, pad_id, device)
+        out = decoder(input_ids=ids, attention_mask=mask, use_cache=True)
+        cache = out.cache if hasattr(out, "cache") else out.past_key_values
+        rows = torch.arange(len(seqs), device=device)
+        last = torch.tensor([len(s) - 1 for s in seqs], device=device)
+        first = head(out.last_hidden_state[rows, last]).float().log_softmax(dim=-1)  # [B, V]
+        pairs = [(row, option) for row, i in enumerate(chunk) for option in options_of[i]]
+        sums = torch.tensor([float(first[row, option[0]]) for row, option in pairs], dtype=torch.float64)
+        longer = [k for k, (_, option) in enumerate(pairs) if len(option) > 1]
+        if longer:
+            sums.index_add_(
+                0,
+                torch.tensor(longer),
+                _continuations(decoder, head, cache, mask, seqs, [pairs[k] for k in longer], pad_id, device),
+            )
+        at = 0
+        for i in chunk:
+            result[i] = sums[at : at + len(options_of[i])]
+            at += len(options_of[i])
+    return result
+
+
+def _continuations(decoder, head, cache, mask, seqs, pairs, pad_id, device) -> torch.Tensor:
+    """[len(pairs)] summed log p(option[1:] | prompt + option[:1]) after the prompts' cache (rows picked per pair)."""
+    select = torch.tensor([row for row, _ in pairs], device=device)
+    cache.reorder_cache(select)  # one cache row per pair (a prompt's row repeated for each of its options)
+    width = max(len(option) - 1 for _, option in pairs)
+    ids = torch.full((len(pairs), width), pad_id, dtype=torch.long)
+    new_mask = torch.zeros((len(pairs), width), dtype=torch.long)
+    positions = torch.zeros((len(pairs), width), dtype=torch.long)
+    rows, cols, targets = [], [], []
+    for r, (row, option) in enumerate(pairs):
+        feed = option[:-1]
+        ids[r, : len(feed)] = torch.tensor(feed)
+        new_mask[r, : len(feed)] = 1
+        positions[r] = len(seqs[row]) + torch.arange(width)  # positions after the prompt's own last token
+        for j in range(len(feed)):
+            rows.append(r)
+            cols.append(j)
+            targets.append(option[j + 1])
+    full_mask = torch.cat([mask[select], new_mask.to(device)], dim=1)
+    out = decoder(
+        input_ids=ids.to(device),
+        attention_mask=full_mask,
+        position_ids=positions.to(device),
+        use_cache=True,
+        **{_cache_argument(decoder): cache},  # "cache" in transformers >= 5.2x, "past_key_values" before
+    )
+    logits = head(out.last_hidden_state[torch.tensor(rows, device=device), torch.tensor(cols, device=device)])
+    picked = logits.float().log_softmax(dim=-1).gather(1, torch.tensor(targets, device=device)[:, None])[:, 0]
+    return torch.zeros(len(pairs), dtype=torch.float64).index_add_(0, torch.tensor(rows), picked.double().cpu())
+
+
+def _cache_argument(decoder: nn.Module) -> str:
+    return "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
 
 
 def _length_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
