@@ -62,18 +62,6 @@ def reference_answer_loss(model: nn.Module, input_ids: Tensor, attention_mask: T
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), reduction="sum")
 
 
-@torch.no_grad()
-def mean_answer_loss(model: nn.Module, batches: list[dict[str, Tensor]]) -> float:
-    """Token-weighted mean answer loss over batches (evaluation)."""
-    total, tokens = 0.0, 0
-    device = next(model.parameters()).device
-    for batch in batches:
-        loss, count = answer_loss(model, *(batch[k].to(device) for k in ("input_ids", "attention_mask", "labels")))
-        total += float(loss)
-        tokens += count
-    return total / max(tokens, 1)
-
-
 def class_loss(
     model: EncoderClassifier, input_ids: Tensor, attention_mask: Tensor, class_label: Tensor
 ) -> tuple[Tensor, int]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -68,12 +69,22 @@ def _micro_batches(examples: list[dict], count: int, batch_size: int, generator:
                 return
 
 
-def train_adapter(model: nn.Module, examples: list[dict], cfg: LocalTraining, pad_id: int, seed: int) -> LocalResult:
-    """Train the model's trainable parameters (the installed LoRA factors) on encoded examples.
+@dataclass(frozen=True)
+class StepStats:
+    """One optimizer step of :func:`train_steps`."""
 
-    examples: dicts with ``input_ids`` and ``labels`` lists (fedlora.data.tokenize.encode_example), or with
-    ``input_ids`` and a ``class_label`` for an encoder classifier (``encode_text_label``; cross-entropy over its
-    labels, normalised by the number of examples of the step as the answer loss is by its answer tokens).
+    losses: list[float]
+    """Each micro-batch's loss per answer token (or per example), in nats, before the step's update."""
+    tokens: int
+    """Tokens the step processed (padding excluded)."""
+
+
+def train_steps(
+    model: nn.Module, examples: list[dict], cfg: LocalTraining, pad_id: int, seed: int
+) -> Iterator[StepStats]:
+    """:func:`train_adapter` one optimizer step at a time: yields each step's :class:`StepStats` after the update.
+
+    The model is in train mode from the first step until the iterator is exhausted (then eval mode).
     """
     if not examples:
         raise ValueError("client has no training examples")
@@ -85,12 +96,12 @@ def train_adapter(model: nn.Module, examples: list[dict], cfg: LocalTraining, pa
     model.train()
     steps = cfg.steps_for(len(examples))
     batches = _micro_batches(examples, steps * cfg.grad_accum, cfg.batch_size, generator)
-    losses, tokens = [], 0
     for step in range(steps):
         for group in optimizer.param_groups:
             group["lr"] = cfg.lr * lr_factor(step, steps, cfg.warmup_steps, cfg.lr_schedule)
         micro = [collate([examples[i] for i in next(batches)], pad_id) for _ in range(cfg.grad_accum)]
         terms = sum(loss_terms(model, m) for m in micro)  # answer tokens, or examples for a classifier
+        losses, tokens = [], 0
         for m in micro:
             loss_sum, count = batch_loss(model, m, device)
             (loss_sum / max(terms, 1)).backward()
@@ -100,5 +111,22 @@ def train_adapter(model: nn.Module, examples: list[dict], cfg: LocalTraining, pa
             torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        yield StepStats(losses, tokens)
     model.eval()
+
+
+def train_adapter(model: nn.Module, examples: list[dict], cfg: LocalTraining, pad_id: int, seed: int) -> LocalResult:
+    """Train the model's trainable parameters (the installed LoRA factors) on encoded examples.
+
+    examples: dicts with ``input_ids`` and ``labels`` lists (fedlora.data.tokenize.encode_example), or with
+    ``input_ids`` and a ``class_label`` for an encoder classifier (``encode_text_label``; cross-entropy over its
+    labels, normalised by the number of examples of the step as the answer loss is by its answer tokens).
+    Each step: length-grouped micro-batches, the answer-only loss with the LM head applied at answer positions
+    only (:func:`fedlora.client.loss.answer_loss`), AdamW.
+    """
+    losses, tokens, steps = [], 0, 0
+    for stats in train_steps(model, examples, cfg, pad_id, seed):
+        losses.extend(stats.losses)
+        tokens += stats.tokens
+        steps += 1
     return LocalResult(sum(losses) / len(losses), steps, tokens, len(examples))

@@ -1,5 +1,8 @@
 """Evaluate a model on a held-out set: answer loss (perplexity = exp of it) and, where answers are options,
-accuracy by the log-likelihood of each option. The same function runs during training and in ``fedlora eval``."""
+accuracy by the log-likelihood of each option. The same function runs during training and in ``fedlora eval``.
+
+Both come from one forward pass per example where the options are single tokens
+(:mod:`fedlora.evaluation.fused`)."""
 
 from __future__ import annotations
 
@@ -8,10 +11,9 @@ from collections import defaultdict
 
 from torch import nn
 
-from fedlora.client.loss import mean_answer_loss
-from fedlora.data.tokenize import collate
 from fedlora.evaluation.encoder import evaluate_classifier
-from fedlora.evaluation.scoring import multiple_choice_accuracy
+from fedlora.evaluation.fused import loss_and_option_scores
+from fedlora.evaluation.scoring import pick_options
 from fedlora.models.encoder import EncoderClassifier
 
 
@@ -27,24 +29,20 @@ def evaluate_heldout(
     """
     if isinstance(model, EncoderClassifier):
         return evaluate_classifier(model, eval_set, batch_size, pad_id)
-    model.eval()
-    encoded = eval_set.encoded
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]["input_ids"]))
-    batches = [
-        collate([encoded[i] for i in order[s : s + batch_size]], pad_id) for s in range(0, len(order), batch_size)
-    ]
-    loss = mean_answer_loss(model, batches)
+    fused = loss_and_option_scores(
+        model,
+        tokenizer,
+        eval_set.encoded,
+        eval_set.prompts if eval_set.options is not None else None,
+        eval_set.options,
+        batch_size=batch_size,
+        pad_id=pad_id,
+        length_normalize=length_normalize,
+    )
+    loss = fused.loss_sum / max(fused.loss_tokens, 1)
     result: dict = {"eval_loss": loss, "eval_perplexity": math.exp(min(loss, 700.0))}
-    if eval_set.options is not None:
-        accuracy, predicted = multiple_choice_accuracy(
-            model,
-            tokenizer,
-            eval_set.prompts,
-            eval_set.options,
-            eval_set.gold,
-            batch_size=batch_size,
-            length_normalize=length_normalize,
-        )
+    if fused.scores is not None:
+        accuracy, predicted = pick_options(fused.scores, eval_set.gold)
         result["eval_accuracy"] = accuracy
         if eval_set.tasks is not None:
             result["eval_task_accuracy"] = task_accuracy(eval_set.tasks, predicted.tolist(), eval_set.gold)

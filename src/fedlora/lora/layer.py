@@ -64,12 +64,22 @@ class LoRALinear(nn.Module):
         weight.copy_((weight.to(torch.float32) + delta.to(weight.device)).to(weight.dtype))
 
     def forward(self, x: Tensor) -> Tensor:
+        """x [..., n] → [..., m]: base(x) + scale · (dropout(x) Aᵀ) Bᵀ, the update computed in float32.
+
+        The scale multiplies the rank-k intermediate [..., k] (not the [..., m] update), and when the base
+        output is float32 the B product is accumulated into it by one ``addmm``: no m-wide elementwise pass in
+        the forward or the backward. Equal to the plain order up to float rounding (bit-equal for a power-of-2
+        scale); with no adapter, or with k = 0, it is the base layer alone.
+        """
         out = self.base(x)
         if self.lora_A is None or self.lora_B is None:
             return out
         h = self.dropout(x).to(self.lora_A.dtype)
-        update = (h @ self.lora_A.t()) @ self.lora_B.t()
-        return out + (self.scale * update).to(out.dtype)
+        low = (h @ self.lora_A.t()) * self.scale  # [..., k]
+        if out.dtype == low.dtype:
+            flat = torch.addmm(out.reshape(-1, out.shape[-1]), low.reshape(-1, low.shape[-1]), self.lora_B.t())
+            return flat.view(out.shape)
+        return out + (low @ self.lora_B.t()).to(out.dtype)
 
 
 def inject_lora(model: nn.Module, target_modules: list[str], dropout: float = 0.0) -> dict[str, LoRALinear]:
