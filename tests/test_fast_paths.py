@@ -9,6 +9,9 @@ scored in shared batches. References: the plain formulas, full-logits losses, on
 
 from __future__ import annotations
 
+from dataclasses import replace
+from pathlib import Path
+
 import torch
 
 from fedlora import sketch
@@ -305,3 +308,37 @@ def test_fused_pass_restores_train_mode_and_handles_no_options():
     assert model.training and result.scores is None
     expected = _reference_loss(model.eval(), eval_set.encoded, tok.pad_token_id)
     assert abs(result.loss_sum / result.loss_tokens - expected) < 1e-5
+
+
+def test_gradient_checkpointing_trains_the_same_factors_and_is_switched_off_after():
+    """Recomputing the base's activations in the backward pass (what CUDA runs use by default) changes memory,
+    not results: the same loss and factors as storing them, and the model is left as it was found."""
+    model, tok, layers = _model()
+    plain_model, _, plain_layers = _model()
+    examples = _examples(tok)
+    seen = []
+    original_forward = model.model.layers[0].forward
+
+    def spy(*args, **kwargs):  # is the layer run under checkpointing while training?
+        seen.append(model.model.gradient_checkpointing and model.training)
+        return original_forward(*args, **kwargs)
+
+    model.model.layers[0].forward = spy
+    cfg = LocalTraining(lr=5e-3, local_steps=3, batch_size=4)
+    checkpointed = train_adapter(model, examples, replace(cfg, gradient_checkpointing=True), tok.pad_token_id, 7)
+    plain = train_adapter(plain_model, examples, cfg, tok.pad_token_id, seed=7)
+    assert seen and all(seen)
+    assert not model.model.gradient_checkpointing
+    assert abs(checkpointed.train_loss - plain.train_loss) < 1e-6
+    for name, layer in layers.items():
+        for ours, theirs in zip(layer.get_adapter(), plain_layers[name].get_adapter(), strict=True):
+            torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+
+
+def test_gradient_checkpointing_defaults_to_the_device():
+    from fedlora.config import load_config
+    from fedlora.setup import local_training
+
+    tiny = Path(__file__).resolve().parents[1] / "examples" / "tiny.toml"
+    assert local_training(load_config(tiny)).gradient_checkpointing is torch.cuda.is_available()
+    assert local_training(load_config(tiny, ["train.gradient_checkpointing=true"])).gradient_checkpointing

@@ -189,6 +189,9 @@ class TrainConfig(_Section):
     warmup_steps: int = Field(0, ge=0)
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float | None = Field(1.0, gt=0)
+    gradient_checkpointing: bool | None = None
+    """Recompute the frozen base's activations during the backward pass instead of keeping them: less memory for
+    about one more forward pass of compute. Unset: on when the model runs on CUDA, off on the CPU."""
 
 
 class EvalConfig(_Section):

@@ -372,6 +372,11 @@ def local_training(config: RunConfig) -> LocalTraining:
         warmup_steps=t.warmup_steps,
         weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm,
+        gradient_checkpointing=(
+            t.gradient_checkpointing
+            if t.gradient_checkpointing is not None
+            else resolve_device(config.model.device).type == "cuda"
+        ),
     )
 
 

@@ -26,6 +26,7 @@ class LocalTraining:
     weight_decay: float = 0.0
     max_grad_norm: float | None = 1.0
     local_epochs: float | None = None
+    gradient_checkpointing: bool = False
 
     def steps_for(self, num_examples: int) -> int:
         """Optimizer steps for a client with ``num_examples``: local_steps, or local_epochs worth of batches."""
@@ -93,6 +94,9 @@ def train_steps(
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)  # dropout
     device = params[0].device
+    checkpointed = _checkpointable(model) if cfg.gradient_checkpointing else None
+    if checkpointed is not None:
+        _set_checkpointing(checkpointed, True)
     model.train()
     steps = cfg.steps_for(len(examples))
     batches = _micro_batches(examples, steps * cfg.grad_accum, cfg.batch_size, generator)
@@ -113,6 +117,17 @@ def train_steps(
         optimizer.zero_grad(set_to_none=True)
         yield StepStats(losses, tokens)
     model.eval()
+    if checkpointed is not None:
+        _set_checkpointing(checkpointed, False)
+
+
+def _checkpointable(model: nn.Module) -> nn.Module | None:
+    """The Hugging Face model that can checkpoint its layers: the model itself, or an encoder classifier's
+    backbone (None if neither can)."""
+    for candidate in (model, getattr(model, "backbone", None)):
+        if getattr(candidate, "supports_gradient_checkpointing", False):
+            return candidate
+    return None
 
 
 def train_adapter(model: nn.Module, examples: list[dict], cfg: LocalTraining, pad_id: int, seed: int) -> LocalResult:
@@ -130,3 +145,18 @@ def train_adapter(model: nn.Module, examples: list[dict], cfg: LocalTraining, pa
         tokens += stats.tokens
         steps += 1
     return LocalResult(sum(losses) / len(losses), steps, tokens, len(examples))
+
+
+def _set_checkpointing(model: nn.Module, on: bool) -> None:
+    """Switch a Hugging Face model's activation checkpointing on or off (transformers 5's name, else the older one).
+    Non-reentrant: correct with a frozen base whose inputs need no gradient."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        if on:
+            model.activation_checkpointing_enable(kwargs)
+        else:
+            model.activation_checkpointing_disable()
+    elif on:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_disable()
