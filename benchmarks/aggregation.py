@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable, Sequence
 
 import torch
+from procmem import status_kb
 from torch import Tensor
 
 from fedlora.aggregation import energy_rank, flexlora, florist_decompose
@@ -100,14 +101,6 @@ def _run_method(method: str, Bs: list[Tensor], As: list[Tensor], w: list[float],
     return B.double().norm(dim=0)
 
 
-def _status_kb(field: str) -> int:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
 def _probe(method: str, dim: int, ranks: list[int], seed: int, index: int, tau: float, threads: int) -> dict:
     """Child process: time and peak-RSS growth of one call of ``method`` on module ``index``.
 
@@ -124,9 +117,9 @@ def _probe(method: str, dim: int, ranks: list[int], seed: int, index: int, tau: 
     gc.collect()
     with open("/proc/self/clear_refs", "w") as fh:
         fh.write("5")
-    before = _status_kb("VmRSS")
+    before = status_kb("VmRSS")
     seconds, sv = _timed(lambda: _run_method(method, Bs, As, w, tau))
-    peak = _status_kb("VmHWM")
+    peak = status_kb("VmHWM")
     return {"seconds": seconds, "peak_rss_growth_mb": (peak - before) / 1024, "sv": sv}
 
 

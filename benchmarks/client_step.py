@@ -47,6 +47,7 @@ import time
 from pathlib import Path
 
 import torch
+from procmem import status_kb
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))  # this checkout's fedlora, also in the spawned children
@@ -171,14 +172,6 @@ def _plain_scores(wrapped, tokenizer, eval_set, batch_size: int) -> list[torch.T
 
 
 # ------------------------------------------------------------------------------------------- child probes
-def _status_kb(field: str) -> int:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
 def _gemm_gflops(seconds: float = 1.0) -> float:
     a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
     a @ b
@@ -194,9 +187,9 @@ def _peak_section(run) -> float:
     gc.collect()
     with open("/proc/self/clear_refs", "w") as fh:
         fh.write("5")
-    before = _status_kb("VmRSS")
+    before = status_kb("VmRSS")
     run()
-    return (_status_kb("VmHWM") - before) / 1024
+    return (status_kb("VmHWM") - before) / 1024
 
 
 def _plain_step(wrapped, optimizer, examples, idx, pad_id) -> float:

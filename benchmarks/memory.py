@@ -2,7 +2,7 @@
 process's memory after every round.
 
 Each method runs in its own Python process (so one run's peak cannot hide another's growth). After every round
-the child records its resident set size (/proc/self/statm), the number and bytes of live torch tensors (a gc scan)
+the child records its resident set size (VmRSS), the number and bytes of live torch tensors (a gc scan)
 and the bytes of the method's own state (what its checkpoint holds). Memory is flat when RSS and live tensors do
 not climb with the rounds once the first rounds have warmed up allocator and caches: the script prints the
 growth from round 5 to the last and a least-squares slope in MB per round.
@@ -28,15 +28,15 @@ import time
 import tomllib
 from pathlib import Path
 
+from procmem import status_kb
+
 ROOT = Path(__file__).resolve().parents[1]
-PAGE = os.sysconf("SC_PAGE_SIZE")
 MB = 1024 * 1024
 
 
 def rss_mb() -> float:
     """Resident set size of this process now (not the peak), in MB."""
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * PAGE / MB
+    return status_kb("VmRSS") / 1024
 
 
 def live_tensors() -> tuple[int, float]:
