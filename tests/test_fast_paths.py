@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
 import torch
 
 from fedlora import sketch
@@ -342,3 +343,12 @@ def test_gradient_checkpointing_defaults_to_the_device():
     tiny = Path(__file__).resolve().parents[1] / "examples" / "tiny.toml"
     assert local_training(load_config(tiny)).gradient_checkpointing is torch.cuda.is_available()
     assert local_training(load_config(tiny, ["train.gradient_checkpointing=true"])).gradient_checkpointing
+
+
+def test_a_client_failing_mid_training_leaves_the_shared_model_as_it_found_it():
+    model, tok, _ = _model()
+    bad = [{"input_ids": [10**6, 1, 2], "labels": [-100, 1, 2]}] * 4  # a token id beyond the vocabulary
+    cfg = LocalTraining(lr=5e-3, local_steps=2, batch_size=4, gradient_checkpointing=True)
+    with pytest.raises(IndexError):
+        train_adapter(model, bad, cfg, tok.pad_token_id, seed=7)
+    assert not model.training and not model.model.gradient_checkpointing

@@ -100,25 +100,27 @@ def train_steps(
     model.train()
     steps = cfg.steps_for(len(examples))
     batches = _micro_batches(examples, steps * cfg.grad_accum, cfg.batch_size, generator)
-    for step in range(steps):
-        for group in optimizer.param_groups:
-            group["lr"] = cfg.lr * lr_factor(step, steps, cfg.warmup_steps, cfg.lr_schedule)
-        micro = [collate([examples[i] for i in next(batches)], pad_id) for _ in range(cfg.grad_accum)]
-        terms = sum(loss_terms(model, m) for m in micro)  # answer tokens, or examples for a classifier
-        losses, tokens = [], 0
-        for m in micro:
-            loss_sum, count = batch_loss(model, m, device)
-            (loss_sum / max(terms, 1)).backward()
-            losses.append(loss_sum.item() / max(count, 1))
-            tokens += int(m["attention_mask"].sum())
-        if cfg.max_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        yield StepStats(losses, tokens)
-    model.eval()
-    if checkpointed is not None:
-        _set_checkpointing(checkpointed, False)
+    try:  # a client that fails mid-training leaves the shared model as it found it
+        for step in range(steps):
+            for group in optimizer.param_groups:
+                group["lr"] = cfg.lr * lr_factor(step, steps, cfg.warmup_steps, cfg.lr_schedule)
+            micro = [collate([examples[i] for i in next(batches)], pad_id) for _ in range(cfg.grad_accum)]
+            terms = sum(loss_terms(model, m) for m in micro)  # answer tokens, or examples for a classifier
+            losses, tokens = [], 0
+            for m in micro:
+                loss_sum, count = batch_loss(model, m, device)
+                (loss_sum / max(terms, 1)).backward()
+                losses.append(loss_sum.item() / max(count, 1))
+                tokens += int(m["attention_mask"].sum())
+            if cfg.max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            yield StepStats(losses, tokens)
+    finally:
+        model.eval()
+        if checkpointed is not None:
+            _set_checkpointing(checkpointed, False)
 
 
 def _checkpointable(model: nn.Module) -> nn.Module | None:
