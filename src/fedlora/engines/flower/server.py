@@ -56,14 +56,28 @@ def check_payload_sizes(config) -> str:
     return fingerprint
 
 
-def run_on_grid(grid: Grid, config, run_dir: Path, *, resume: bool = False, reporter=None, simulation=False) -> dict:
-    """``federation.run`` with its clients on the SuperNodes of ``grid``; returns the run's summary."""
+def run_on_grid(
+    grid: Grid,
+    config,
+    run_dir: Path,
+    *,
+    resume: bool = False,
+    reporter=None,
+    simulation=False,
+    base_fingerprint: str | None = None,
+) -> dict:
+    """``federation.run`` with its clients on the SuperNodes of ``grid``; returns the run's summary.
+
+    ``base_fingerprint``: what :func:`check_payload_sizes` returned, when the caller already ran it (it builds the
+    base model); otherwise it runs here."""
     from fedlora import federation
     from fedlora.config import dump_config
 
     f = config.flower
     say = getattr(reporter, "log", None)
-    fingerprint = check_payload_sizes(config)  # before any node is contacted or anything is written
+    fingerprint = base_fingerprint
+    if fingerprint is None:  # before any node is contacted or anything is written
+        fingerprint = check_payload_sizes(config)
     session = uuid.uuid4().hex[:12]  # this fedlora run on these nodes (one Flower run may carry several)
     nodes = connect_nodes(
         grid,

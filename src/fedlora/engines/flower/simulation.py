@@ -62,10 +62,12 @@ def simulate(main: Callable[[Grid], None], config, *, keep_ray: bool = False) ->
 def run_simulation(config, run_dir: Path, *, resume: bool = False, reporter=None, keep_ray: bool = False) -> dict:
     """Run (or resume) ``config`` into ``run_dir`` with every client on a simulated SuperNode; the summary."""
     result: dict = {}
-    check_payload_sizes(config)  # a ConfigError now rather than from inside the simulation, after Ray's start-up
+    fingerprint = check_payload_sizes(config)  # a ConfigError now rather than inside the simulation, after Ray starts
 
     def main(grid: Grid) -> None:
-        result["summary"] = run_on_grid(grid, config, run_dir, resume=resume, reporter=reporter, simulation=True)
+        result["summary"] = run_on_grid(
+            grid, config, run_dir, resume=resume, reporter=reporter, simulation=True, base_fingerprint=fingerprint
+        )
 
     simulate(main, config, keep_ray=keep_ray)
     if "summary" not in result:
