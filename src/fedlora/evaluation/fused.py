@@ -68,16 +68,10 @@ def loss_and_option_scores(
         single is not None and prompt_ids is not None and single[i] is not None and _prompt_matches(ex, prompt_ids[i])
         for i, ex in enumerate(encoded)
     ]
-    modes = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
-        with torch.inference_mode():
-            probe = min((ex["input_ids"] for ex in encoded), key=len, default=[pad_id])
-            logits_at = scoring._logits_function(model, pad_id, list(probe))
-            loss_sum, tokens, fused_scores = _fused_pass(logits_at, encoded, single, fused, batch_size)
-    finally:
-        for module, training in modes:
-            module.training = training
+    with scoring._scoring_mode(model):
+        probe = min((ex["input_ids"] for ex in encoded), key=len, default=[pad_id])
+        logits_at = scoring._logits_function(model, pad_id, list(probe))
+        loss_sum, tokens, fused_scores = _fused_pass(logits_at, encoded, single, fused, batch_size)
     if options is None:
         return HeldoutScores(loss_sum, tokens, None)
     rest = [i for i in range(len(encoded)) if not fused[i]]
