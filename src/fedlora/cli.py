@@ -159,8 +159,6 @@ def check_output_path(path: Path, option: str, folder: bool) -> None:
 
 
 def _fail(err: Exception) -> None:
-    from rich.markup import escape
-
     text = " ".join(str(err).split()) or type(err).__name__  # one line, whatever a library put in the message
     # escaped: messages name TOML tables ("[settings]") and lists, which rich would take for markup
     console.print(f"[red]error:[/] {escape(text)}", highlight=False, soft_wrap=True)

@@ -322,8 +322,8 @@ def run(
         # ---------------------------------------------------------------- run clients + check uploads
         jobs = [(plan.client_id, blob) for plan, blob in zip(plans, downloads, strict=True)]
         done: list[ClientPlan] = []  # the clients whose upload passed validation, in participant order
-        uploads, metas, failures, bytes_up = [], [], [], 0
-        for plan, result in zip(plans, engine.run_clients(jobs), strict=True):
+        uploads, metas, done_downloads, failures, bytes_up = [], [], [], [], 0
+        for plan, download, result in zip(plans, downloads, engine.run_clients(jobs), strict=True):
             bytes_up += len(result) if isinstance(result, bytes) else 0
             received = receive_upload(plan, result, faults.max_update_norm)
             if isinstance(received, str):
@@ -336,14 +336,14 @@ def run(
             done.append(plan)
             uploads.append(factors)
             metas.append(meta)
+            done_downloads.append(len(download))
             reporter.client_done(round_idx, plan.client_id, plan.rank, float(meta["train_loss"]))
         crashpoints.reached("round:trained")
         successful = [plan.client_id for plan in done]
-        download_of = {plan.client_id: len(blob) for plan, blob in zip(plans, downloads, strict=True)}
         timing = setup.system.round(
             successful,
             [plan.rank for plan in done],
-            [download_of[cid] for cid in successful],
+            done_downloads,
             [m["bytes_up"] for m in metas],
             [int(m["tokens"]) for m in metas],
         )
