@@ -1,7 +1,12 @@
 """How the server applies the aggregated update Δ to the global factors.
 
 "avg": θ ← θ + lr·Δ (lr = 1 is plain federated averaging of the factors).
-"adam": FedOpt-style Adam on the pseudo-gradient g = −Δ (Reddi et al. 2021), as the FSLoRA code does.
+"adam": FedOpt-style Adam on the pseudo-gradient g = −Δ (Reddi et al. 2021).
+"adamw": the same with decoupled weight decay, θ ← θ·(1 − lr·wd) before the Adam step: ``torch.optim.AdamW``'s
+update, which is the FSLoRA code's server step (``server.preset``; docs/methods.md).
+
+Adam's step, per coordinate, at step t: m ← β1 m + (1 − β1) g, v ← β2 v + (1 − β2) g², θ ← θ − lr · m̂ / (√v̂ + ε)
+with m̂ = m / (1 − β1^t), v̂ = v / (1 − β2^t).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ class ServerOptimizer:
     lr: float = 1.0
     betas: tuple[float, float] = (0.9, 0.99)
     eps: float = 1e-6
+    weight_decay: float = 0.0
     step_count: int = 0
     _m: dict[str, Tensor] = field(default_factory=dict)
     _v: dict[str, Tensor] = field(default_factory=dict)
@@ -36,6 +42,8 @@ class ServerOptimizer:
                 continue
             b1, b2 = self.betas
             g = -d
+            if self.kind == "adamw":
+                p = p * (1 - self.lr * self.weight_decay)
             m = self._m.get(key, torch.zeros_like(p)) * b1 + (1 - b1) * g
             v = self._v.get(key, torch.zeros_like(p)) * b2 + (1 - b2) * g * g
             self._m[key], self._v[key] = m, v
