@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from fedlora import aggregation, sketch
+from fedlora.lora.scaling import ScaleRule
 from fedlora.lora.state import Factors, ModuleShape
 from fedlora.methods import METHODS
 from fedlora.methods.common import RESIDUAL_TOL, product_term, residual_weight
@@ -34,7 +35,7 @@ from fedlora.server_optimizer import ServerOptimizer
 SHAPES = {"layer.q": ModuleShape(4, 6), "layer.v": ModuleShape(6, 4)}
 BUDGETS = [1, 2, 3, 4]
 RANK = 4  # the global rank of FSLoRA / FedIT / FFA
-ALPHA = 8.0
+ALPHA = ScaleRule("alpha_over_rank", 8.0)
 A_POP = [0.1, 0.2, 0.3, 0.4]  # population weights a_i, summing to 1 over all clients
 # q_i: client 3 (q = 0.5) can miss too, so about 1.4 % of the draws are empty rounds (which must be no-ops)
 PROBS = [0.3, 0.6, 0.9, 0.5]
@@ -60,7 +61,7 @@ def build(variant: str, optimizer: str = "avg") -> object:
         combine = partial(aggregation.flexlora, rank=max(BUDGETS))
         return TruncatedGlobal("flexlora", SHAPES, ALPHA, BUDGETS, combine, init, {})
     if variant == "hetlora":
-        return HetLoRA(SHAPES, ALPHA, BUDGETS, init)
+        return HetLoRA(SHAPES, ScaleRule("constant", 2.0), BUDGETS, init)  # its own convention: one scale
     raise ValueError(variant)
 
 

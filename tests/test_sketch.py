@@ -5,6 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedlora import payload, sketch
+from fedlora.lora.scaling import ScaleRule
 from fedlora.lora.state import ModuleShape, flatten_factors
 from fedlora.methods.factor_averaging import FactorAveraging
 from fedlora.server_optimizer import ServerOptimizer
@@ -73,7 +74,15 @@ def test_scatter_inverts_extract():
 
 def _method(budgets, rank=16, shapes=None):
     shapes = shapes or {"l0.q": ModuleShape(24, 20), "l0.v": ModuleShape(24, 20), "l1.q": ModuleShape(24, 20)}
-    method = FactorAveraging("fslora", shapes, rank, 32.0, budgets, ServerOptimizer(), torch.Generator().manual_seed(0))
+    method = FactorAveraging(
+        "fslora",
+        shapes,
+        rank,
+        ScaleRule("alpha_over_rank", 32.0),
+        budgets,
+        ServerOptimizer(),
+        torch.Generator().manual_seed(0),
+    )
     # non-zero B so that blocks are informative
     method.factors = {n: (torch.randn_like(B), A) for n, (B, A) in method.factors.items()}
     return method
@@ -126,7 +135,9 @@ def test_fslora_aggregate_scatters_and_averages():
 def test_fedit_aggregate_equals_hand_computed_average():
     """FedIT: new B = Σ a_i B_i and new A = Σ a_i A_i (a_i summing to 1)."""
     shapes = {"m": ModuleShape(3, 2)}
-    method = FactorAveraging("fedit", shapes, 2, 2.0, None, ServerOptimizer(), torch.Generator().manual_seed(0))
+    method = FactorAveraging(
+        "fedit", shapes, 2, ScaleRule("alpha_over_rank", 2.0), None, ServerOptimizer(), torch.Generator().manual_seed(0)
+    )
     plans = [method.plan(i, 1, torch.Generator()) for i in range(3)]
     B1, B2, B3 = (torch.full((3, 2), v) for v in (1.0, 2.0, 4.0))
     A1, A2, A3 = (torch.full((2, 2), v) for v in (-1.0, 0.0, 3.0))

@@ -13,6 +13,7 @@ from typing import Any, Literal
 import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from fedlora.conventions import CONVENTIONS
 from fedlora.errors import ConfigError
 
 MIN_RATE = 1e-6
@@ -118,10 +119,16 @@ class PartitionConfig(_Section):
 
 
 class LoRAConfig(_Section):
-    """The global adapter: ΔW = (alpha / rank) · B A with B m×rank, A rank×n."""
+    """The global adapter: ΔW = s · B A with B m×rank, A rank×n, s given by the scale convention."""
 
     rank: int = Field(16, ge=1)
-    alpha: float = Field(32.0, gt=0)
+    scaling: Literal["alpha_over_rank", "constant", "rslora"] | None = None
+    """How a rank-k adapter's scale s follows from alpha: "alpha_over_rank" s = alpha / k (LoRA's default),
+    "constant" s = alpha for every rank (FLoRA's and FLoRIST's lora_alpha = 2·r_k), "rslora" s = alpha / √k.
+    Unset: the method's own convention (``fedlora.conventions``; docs/methods.md)."""
+    alpha: float | None = Field(None, gt=0)
+    """α of the scale convention. Unset: the method's own α, which needs ``scaling`` unset or equal to the
+    method's convention."""
     dropout: float = Field(0.0, ge=0, lt=1)
 
 
@@ -131,7 +138,9 @@ class BudgetsConfig(_Section):
 
     per_client: list[int] | None = None
     """One budget per client; when unset they are drawn once from ``distribution`` with the run seed."""
-    distribution: Literal["uniform", "normal", "heavy_tail"] = "uniform"
+    distribution: Literal["uniform", "normal", "heavy_tail", "fslora_normal", "fslora_heavy_tail"] = "uniform"
+    """The shape of drawn budgets (``fedlora.budgets.draw_budgets``): "fslora_normal" and "fslora_heavy_tail" are
+    the FSLoRA authors' code's; "normal" (σ = (b−a)/4) and "heavy_tail" (a Pareto tail) are fedlora's own."""
     k_min: int = Field(1, ge=1)
     k_max: int | None = Field(None, ge=1)
     """Upper budget for drawn budgets (default: lora.rank)."""
@@ -147,18 +156,57 @@ class FloristConfig(_Section):
     "pad": send each client the global factors padded/truncated to its rank (the MLSys code)."""
 
 
+SERVER_PRESETS: dict[str, dict[str, Any]] = {
+    # wenzhifang/Federated-Sketching-LoRA-Implementation src/LoRA_Sketching.py: torch.optim.AdamW(lr=server_lr)
+    # with torch's defaults (betas (0.9, 0.999), eps 1e-8, weight decay 0.01) on the pseudo-gradient, the sum of
+    # (server − client) over the sampled clients divided by their number; server_lr 3e-4 (src/arg.py)
+    "fslora": {
+        "optimizer": "adamw",
+        "lr": 3e-4,
+        "betas": (0.9, 0.999),
+        "eps": 1e-8,
+        "weight_decay": 0.01,
+        "weighting": "uniform",
+    }
+}
+
+
+class FlexLoRAConfig(_Section):
+    """FlexLoRA's options."""
+
+    server_rank: Literal["full", "max_client"] = "full"
+    """"full": the server keeps the whole aggregated ΔW = Σ p_k B_k A_k and each client gets its SVD cut at its own
+    rank (the paper's form; held exactly as factors of rank ≤ Σ r_k, from the SVD of the stacked factors, never
+    as m×n). "max_client": the global is truncated at the largest client rank after each round."""
+
+
 class ServerConfig(_Section):
     """How FSLoRA, FedIT and FFA-LoRA turn the aggregated update Δ into the next global adapter.
 
     ``weighting`` applies to every method."""
 
-    optimizer: Literal["avg", "adam"] = "avg"
-    """"avg": global += lr·Δ. "adam": Adam on the pseudo-gradient −Δ (FedOpt)."""
+    preset: Literal["fslora"] | None = None
+    """"fslora": the FSLoRA authors' server step, filling every field below that the config leaves unset: AdamW on
+    the pseudo-gradient −Δ with lr 3e-4, betas (0.9, 0.999), eps 1e-8, weight decay 0.01, weights uniform over the
+    round's participants (``SERVER_PRESETS``; docs/methods.md gives the source)."""
+    optimizer: Literal["avg", "adam", "adamw"] = "avg"
+    """"avg": global += lr·Δ. "adam": Adam on the pseudo-gradient −Δ (FedOpt). "adamw": the same with decoupled
+    weight decay (``torch.optim.AdamW``'s step)."""
     lr: float = Field(1.0, gt=0)
     betas: tuple[float, float] = (0.9, 0.99)
     eps: float = Field(1e-6, gt=0)
-    weighting: Literal["num_examples", "uniform"] = "num_examples"
-    """Aggregation weight a_i of a participant: n_i / Σ n over the round's participants, or 1/|P|."""
+    weight_decay: float = Field(0.0, ge=0)
+    """Decoupled weight decay of "adamw" (ignored by the others)."""
+    weighting: Literal["num_examples", "uniform"] | None = None
+    """Aggregation weight a_i of a participant: n_i / Σ n over the round's participants, or 1/|P|. Unset: the
+    method's own (``fedlora.conventions``: uniform for FSLoRA, example counts for the others)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("preset") in SERVER_PRESETS:
+            return {**SERVER_PRESETS[data["preset"]], **data}
+        return data
 
 
 class SamplingConfig(_Section):
@@ -388,6 +436,7 @@ class RunConfig(_Section):
     lora: LoRAConfig = Field(default_factory=LoRAConfig)
     budgets: BudgetsConfig = Field(default_factory=BudgetsConfig)
     florist: FloristConfig = Field(default_factory=FloristConfig)
+    flexlora: FlexLoRAConfig = Field(default_factory=FlexLoRAConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
@@ -460,8 +509,22 @@ class RunConfig(_Section):
             bad = [q for q in probs if not 0 < q <= 1]
             if bad:
                 raise ValueError(f"sampling.probs: {bad[0]} is outside (0, 1]")
+        self._check_scaling()
         self._check_faults_and_privacy()
         return self
+
+    @property
+    def weighting(self) -> str:
+        """The aggregation weighting in force: ``server.weighting``, or the method's own when unset."""
+        return self.server.weighting or CONVENTIONS[self.method].weighting
+
+    def _check_scaling(self) -> None:
+        own = CONVENTIONS[self.method]
+        if self.lora.alpha is None and self.lora.scaling not in (None, own.scaling):
+            raise ValueError(
+                f"lora.alpha: required with lora.scaling = {self.lora.scaling!r}: {self.method}'s own α "
+                f"({own.alpha:g}) belongs to its convention {own.scaling!r}"
+            )
 
     def _check_faults_and_privacy(self) -> None:
         most = self.sampling.clients_per_round if self.sampling.scheme == "uniform" else self.partition.num_clients
@@ -476,7 +539,7 @@ class RunConfig(_Section):
                 f"privacy.clip_norm: client-level DP needs a method that averages client updates "
                 f"({', '.join(PRIVATE_METHODS)}); {self.method} {NOT_PRIVATE_WHY[self.method]}"
             )
-        if self.sampling.scheme == "uniform" and self.server.weighting != "uniform":
+        if self.sampling.scheme == "uniform" and self.weighting != "uniform":
             raise ValueError(
                 "server.weighting: client-level DP under uniform sampling weights every client 1/|participants| "
                 "(an example-weighted average's sensitivity depends on the clients' data sizes); set it to 'uniform'"

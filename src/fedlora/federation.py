@@ -30,7 +30,7 @@ from fedlora.evaluation.heldout import evaluate_heldout
 from fedlora.lora.export import save_peft_adapter
 from fedlora.lora.layer import merge_update
 from fedlora.lora.state import Factors, flatten_factors
-from fedlora.methods import build_method
+from fedlora.methods import build_method, scale_rule
 from fedlora.methods.base import ClientPlan
 from fedlora.network.sampling import sample_independent, unbiased_weights
 from fedlora.setup import RunSetup, build
@@ -94,8 +94,8 @@ def round_weights(config: RunConfig, participants: list[int], num_examples: list
     a_i the population weight (independent sampling: unbiased, not renormalised)."""
     probs = participation_probs(config)
     if probs is None:
-        return aggregation_weights(config.server.weighting, [num_examples[c] for c in participants])
-    population = aggregation_weights(config.server.weighting, num_examples)
+        return aggregation_weights(config.weighting, [num_examples[c] for c in participants])
+    population = aggregation_weights(config.weighting, num_examples)
     return unbiased_weights(participants, population, probs)
 
 
@@ -219,9 +219,9 @@ def evaluate_global(setup: RunSetup, method, config: RunConfig) -> dict[str, flo
 def method_options(config: RunConfig, method) -> dict:
     return {
         "rank": config.lora.rank,
-        "alpha": config.lora.alpha,
+        **scale_rule(config.method, config.lora.scaling, config.lora.alpha).describe(),
         "target_modules": config.model.target_modules,
-        "weighting": config.server.weighting,
+        "weighting": config.weighting,
         "sampling": config.sampling.model_dump(exclude_none=True),
         **method.options(),
     }
@@ -376,6 +376,7 @@ def run(
             "method": config.method,
             "participants": participants,
             "ranks": [plan.rank for plan in plans],
+            "scales": [plan.scale for plan in plans],
             "successful": successful,
             "failures": failures,
             "weights": weights,
@@ -414,7 +415,8 @@ def run(
 
     # ------------------------------------------------------------------------ outputs
     factors, scales = method.export_adapter()
-    save_peft_adapter(run_dir / "adapter", factors, scales, config.model.target_modules, setup.base_name)
+    rslora = scale_rule(config.method, config.lora.scaling, config.lora.alpha).rslora
+    save_peft_adapter(run_dir / "adapter", factors, scales, config.model.target_modules, setup.base_name, rslora=rslora)
     final = next((r for r in reversed(records) if "eval_loss" in r), {})
     summary = {
         "method": config.method,

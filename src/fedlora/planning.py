@@ -27,7 +27,7 @@ from fedlora.config import RunConfig
 from fedlora.engines.inprocess import InProcessEngine
 from fedlora.lora.layer import merge_update
 from fedlora.lora.state import flatten_factors, init_factors
-from fedlora.methods import build_method
+from fedlora.methods import build_method, scale_rule
 from fedlora.methods.base import ClientPlan
 from fedlora.network import planner
 from fedlora.network.system import SystemModel
@@ -147,7 +147,7 @@ def run_pilot(config: RunConfig, work_dir: Path, log: Callable[[str], None] = la
     setup.budgets = [r] * n if config.method in FULL_RANK else cap
     method = build_method(config, setup)
     engine = InProcessEngine(setup.model, setup.layers, setup.client_examples, setup.training, setup.pad_id)
-    weights = aggregation_weights(config.server.weighting, [len(ex) for ex in setup.client_examples])
+    weights = aggregation_weights(config.weighting, [len(ex) for ex in setup.client_examples])
 
     spreads, tokens, downs, ups = np.zeros(n), np.zeros(n), [], []
     k_lo = max(config.budgets.k_min, r // 4)
@@ -202,8 +202,9 @@ def run_pilot(config: RunConfig, work_dir: Path, log: Callable[[str], None] = la
     client = max(range(n), key=lambda c: len(setup.client_examples[c]))
     low = max(1, min(cap))
     low = 1 if low == r else low
-    per_token_low = _time_rank(engine, client, setup.shapes, low, config.lora.alpha / low, config.seed)
-    per_token_full = _time_rank(engine, client, setup.shapes, r, config.lora.alpha / r, config.seed + 7)
+    scale = scale_rule(config.method, config.lora.scaling, config.lora.alpha)
+    per_token_low = _time_rank(engine, client, setup.shapes, low, scale(low), config.seed)
+    per_token_full = _time_rank(engine, client, setup.shapes, r, scale(r), config.seed + 7)
     denom = per_token_low * r - per_token_full * low
     rank_cost = max(0.0, (per_token_full - per_token_low) / denom) if denom > 0 else 0.0
     log(f"calibration: {per_token_low * 1e3:.3f} ms/token at rank {low}, {per_token_full * 1e3:.3f} at rank {r}")

@@ -1,10 +1,11 @@
 """FSLoRA (sketched) and FedIT (full rank): one global rank-r pair per module, averaged update on the factors.
 
 FSLoRA (arXiv 2501.19389): client i with budget k_i receives, per module, B[:, I] and A[I, :] for one uniform
-index set I (|I| = k_i) shared by B's columns and A's rows, and trains them at scale (alpha/r)·(r/k_i) =
-alpha/k_i: its model is W0 + (alpha/r)·B S A with E[S] = Identity. It returns the trained blocks; the server
-scatters each block update Δ_i = (trained − sent) back to the columns/rows it came from (zeros elsewhere) and
-forms Δ = Σ_i a_i · scatter(Δ_i) with the round's aggregation weights a_i (Σ a_i = 1 under uniform sampling).
+index set I (|I| = k_i) shared by B's columns and A's rows, and trains them at scale s·(r/k_i), s the global
+rank-r adapter's scale (:class:`fedlora.lora.scaling.ScaleRule`): its model is W0 + s·B S A with
+E[S] = Identity. It returns the trained blocks; the server scatters each block update Δ_i = (trained − sent)
+back to the columns/rows it came from (zeros elsewhere) and forms Δ = Σ_i a_i · scatter(Δ_i) with the round's
+aggregation weights a_i (Σ a_i = 1 under uniform sampling).
 Columns no participant touched get zero update: this is the unbiased FSLoRA estimator, not a per-column average.
 
 FedIT is the same code with k_i = r for every client and no sketch: Δ = Σ a_i (B_i − B, A_i − A), so with
@@ -29,6 +30,7 @@ import torch
 from torch import Tensor
 
 from fedlora import aggregation, sketch
+from fedlora.lora.scaling import ScaleRule
 from fedlora.lora.state import Factors, ModuleShape, flatten_factors, init_factors, unflatten_factors
 from fedlora.methods.base import ClientPlan
 from fedlora.methods.common import GlobalAdapterState
@@ -47,7 +49,7 @@ class FactorAveraging(GlobalAdapterState):
         name: str,
         shapes: Mapping[str, ModuleShape],
         rank: int,
-        alpha: float,
+        scale: ScaleRule,
         budgets: Sequence[int] | None,
         optimizer: ServerOptimizer,
         init_generator: torch.Generator,
@@ -55,7 +57,7 @@ class FactorAveraging(GlobalAdapterState):
     ) -> None:
         self.name = name
         self.rank = rank
-        self.global_scale = alpha / rank
+        self.global_scale = scale(rank)
         self.budgets = list(budgets) if budgets is not None else None
         self.optimizer = optimizer
         self.freeze_A = freeze_A

@@ -1,8 +1,10 @@
 """HetLoRA (arXiv 2401.06432) as a baseline: one global pair at the largest rank, truncated per client.
 
-Client k receives B[:, :r_k] and A[:r_k] at the one scale s = alpha / r_max (so its model is the global one
-cut to rank r_k) and uploads its trained pair. The server zero-pads every pair to r_max, averages B and A
-separately with the round's weights, and keeps rank r_max (``fedlora.aggregation.hetlora``). Columns beyond a
+The global pair is held at rank r_max and scale s = scale(r_max) (:class:`fedlora.lora.scaling.ScaleRule`).
+Client k trains at its own scale s_k = scale(r_k): it receives B[:, :r_k]·s/s_k and A[:r_k] (so its model is the
+global one cut to rank r_k) and uploads its trained pair; the server puts the scale back (B_k·s_k/s), zero-pads
+every pair to r_max, averages B and A separately with the round's weights, and keeps rank r_max
+(``fedlora.aggregation.hetlora``). Under the ``constant`` convention s_k = s and nothing is rescaled. Columns beyond a
 small client's rank receive zeros from it, so they shrink unless large-rank clients keep training them: the
 padding bias FLoRIST and FSLoRA avoid. (HetLoRA's rank self-pruning and sparsity-weighted averaging are not
 part of this baseline.)
@@ -23,6 +25,7 @@ from collections.abc import Mapping, Sequence
 import torch
 
 from fedlora import aggregation
+from fedlora.lora.scaling import ScaleRule
 from fedlora.lora.state import Factors, ModuleShape, init_factors
 from fedlora.methods.base import ClientPlan
 from fedlora.methods.common import GlobalAdapterState, residual_weight
@@ -30,19 +33,25 @@ from fedlora.methods.common import GlobalAdapterState, residual_weight
 
 class HetLoRA(GlobalAdapterState):
     def __init__(
-        self, shapes: Mapping[str, ModuleShape], alpha: float, budgets: Sequence[int], init_generator: torch.Generator
+        self,
+        shapes: Mapping[str, ModuleShape],
+        scale: ScaleRule,
+        budgets: Sequence[int],
+        init_generator: torch.Generator,
     ) -> None:
         self.name = "hetlora"
         self.budgets = list(budgets)
         self.rank = max(self.budgets)
-        self.global_scale = alpha / self.rank
+        self.scale = scale
+        self.global_scale = scale(self.rank)
         self.factors: Factors = init_factors(shapes, self.rank, init_generator)
         self.step_count = 0
 
     def plan(self, client_id: int, round_idx: int, generator: torch.Generator) -> ClientPlan:
         rank = self.budgets[client_id]
-        factors = {name: (B[:, :rank].clone(), A[:rank].clone()) for name, (B, A) in self.factors.items()}
-        return ClientPlan(client_id, rank, self.global_scale, factors)
+        ratio = self.global_scale / self.scale(rank)
+        factors = {name: (B[:, :rank] * ratio, A[:rank].clone()) for name, (B, A) in self.factors.items()}
+        return ClientPlan(client_id, rank, self.scale(rank), factors)
 
     def aggregate(self, plans: list[ClientPlan], uploads: list[Factors], weights: list[float]) -> dict:
         """New global pair = Σ w_k pad(B_k, A_k) + (1 − Σ w_k)·(B, A) at rank r_max; returns no facts (``{}``).
@@ -54,7 +63,8 @@ class HetLoRA(GlobalAdapterState):
         residual = residual_weight(weights)
         factors: Factors = {}
         for name, (B_old, A_old) in self.factors.items():
-            Bs, As, ws = [u[name][0] for u in uploads], [u[name][1] for u in uploads], list(weights)
+            Bs = [u[name][0] * (plan.scale / self.global_scale) for plan, u in zip(plans, uploads, strict=True)]
+            As, ws = [u[name][1] for u in uploads], list(weights)
             if residual != 0.0:  # the old pair as one more client; B and A are averaged separately: negate both
                 sign = 1.0 if residual > 0 else -1.0
                 Bs, As, ws = [*Bs, sign * B_old], [*As, sign * A_old], [*ws, abs(residual)]

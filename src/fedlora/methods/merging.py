@@ -1,8 +1,8 @@
 """FLoRA and FLoRIST (v1, the paper's Algorithm 1): fold each round's global update into the frozen base.
 
 Every round each participant k starts a FRESH rank-r_k adapter (B = 0, A random from a seed it is sent) at
-scale s_k = alpha / r_k on the current base, trains it and uploads (B_k, A_k). The server combines the
-clients' updates ΔW_k = s_k B_k A_k:
+scale s_k = scale(r_k) (:class:`fedlora.lora.scaling.ScaleRule`) on the current base, trains it and uploads
+(B_k, A_k). The server combines the clients' updates ΔW_k = s_k B_k A_k:
 
 - FLoRA (arXiv 2409.05976): stack, exact: B = [s_1 B_1 … s_K B_K], A = [a_1 A_1; …; a_K A_K], B A = Σ a_k ΔW_k;
 - FLoRIST (arXiv 2506.09199): the exact SVD of Σ a_k ΔW_k from the stacks (never m×n), keeping the smallest
@@ -30,6 +30,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
+from fedlora.lora.scaling import ScaleRule
 from fedlora.lora.state import Factors, ModuleShape, flatten_factors, init_factors, unflatten_factors
 from fedlora.methods.base import Adapter, ClientPlan
 from fedlora.methods.common import Combine, combine_updates, rank_facts
@@ -40,14 +41,14 @@ class MergeIntoBase:
         self,
         name: str,
         shapes: Mapping[str, ModuleShape],
-        alpha: float,
+        scale: ScaleRule,
         budgets: Sequence[int],
         combine: Combine,
         options: dict,
     ) -> None:
         self.name = name
         self.shapes = dict(shapes)
-        self.alpha = alpha
+        self.scale = scale
         self.budgets = list(budgets)
         self.combine = combine
         self._options = options
@@ -60,7 +61,7 @@ class MergeIntoBase:
         seed = int(torch.randint(0, 2**62, (1,), generator=generator))
         factors = init_factors(self.shapes, rank, torch.Generator().manual_seed(seed))
         sync = self.history[-1] if self.history else None
-        return ClientPlan(client_id, rank, self.alpha / rank, factors, fresh_seed=seed, base_sync=sync)
+        return ClientPlan(client_id, rank, self.scale(rank), factors, fresh_seed=seed, base_sync=sync)
 
     def aggregate(self, plans: list[ClientPlan], uploads: list[Factors], weights: list[float]) -> dict:
         """Combine Σ w_k ΔW_k into this round's base update; returns its rank facts.

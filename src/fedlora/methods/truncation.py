@@ -1,7 +1,7 @@
 """FlexLoRA, and FLoRIST's pad/truncate hand-off: one global ΔW kept as factors, each client gets its rank-r_k cut.
 
 The server holds the global update as (B m×p, A p×n) with the scale folded into B (ΔW = B A). Client k with
-rank r_k receives the first r_k columns/rows (B[:, :r_k] / s_k, A[:r_k], s_k = alpha / r_k, so its model starts
+rank r_k receives the first r_k columns/rows (B[:, :r_k] / s_k, A[:r_k], s_k = scale(r_k), so its model starts
 at W0 + B[:, :r_k] A[:r_k]); when p < r_k, B is padded with zero columns and A with fresh random rows. Clients
 upload their trained factors; the server combines the ΔW_k = s_k B_k A_k into the next global:
 
@@ -26,6 +26,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
+from fedlora.lora.scaling import ScaleRule
 from fedlora.lora.state import Factors, ModuleShape, init_factors
 from fedlora.methods.base import ClientPlan
 from fedlora.methods.common import Combine, GlobalAdapterState, combine_updates, rank_facts
@@ -46,14 +47,14 @@ class TruncatedGlobal(GlobalAdapterState):
         self,
         name: str,
         shapes: Mapping[str, ModuleShape],
-        alpha: float,
+        scale: ScaleRule,
         budgets: Sequence[int],
         combine: Combine,
         init_generator: torch.Generator,
         options: dict,
     ) -> None:
         self.name = name
-        self.alpha = alpha
+        self.scale = scale
         self.budgets = list(budgets)
         self.combine = combine
         self._options = options
@@ -63,7 +64,7 @@ class TruncatedGlobal(GlobalAdapterState):
 
     def plan(self, client_id: int, round_idx: int, generator: torch.Generator) -> ClientPlan:
         rank = self.budgets[client_id]
-        scale = self.alpha / rank
+        scale = self.scale(rank)
         factors = {}
         for name, (B, A) in self.factors.items():
             b, a = cut_to_rank(B, A, rank, generator)
