@@ -3,7 +3,7 @@
 Two families of distributions:
 
 - the FSLoRA authors' code (``generate_ranks`` in src/main.py of wenzhifang/Federated-Sketching-LoRA-Implementation):
-  ``fslora_normal`` and ``fslora_heavy_tail``, the shapes of the paper's heterogeneity study;
+  ``fslora_normal`` and ``fslora_heavy_tail``, the shapes its run script uses (run_main.sh: normal, heavy_tail_low);
 - fedlora's own: ``uniform``, ``normal`` (a wider normal) and ``heavy_tail`` (a Pareto tail).
 """
 
