@@ -1,6 +1,6 @@
 """The global adapter: one LoRA pair (B m×r, A r×n) per target module, plus its scale.
 
-The global model is W0 + scale · B A for every module, with the scale of the run's convention (``fedlora.lora.scaling``).
+The global model is W0 + scale · B A for every module, the scale from the run's convention (``fedlora.lora.scaling``).
 """
 
 from __future__ import annotations
