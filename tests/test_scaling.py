@@ -10,10 +10,10 @@ import torch
 
 from fedlora import federation
 from fedlora.config import load_config
-from fedlora.conventions import CONVENTIONS
+from fedlora.conventions import CONVENTIONS, scale_rule
 from fedlora.errors import ConfigError
 from fedlora.lora.scaling import SCALINGS, ScaleRule
-from fedlora.methods import METHODS, scale_rule
+from fedlora.methods import METHODS
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "examples" / "tiny.toml"

@@ -13,8 +13,9 @@ from typing import Any, Literal
 import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from fedlora.conventions import CONVENTIONS
+from fedlora.conventions import CONVENTIONS, scale_rule
 from fedlora.errors import ConfigError
+from fedlora.lora.scaling import ScaleRule
 
 MIN_RATE = 1e-6
 """Smallest fleet rate (tokens/s, Mbit/s) accepted: slower ones make the simulated round times overflow."""
@@ -512,6 +513,11 @@ class RunConfig(_Section):
         self._check_scaling()
         self._check_faults_and_privacy()
         return self
+
+    @property
+    def scale_rule(self) -> ScaleRule:
+        """The LoRA scale rule in force: ``lora.scaling`` and ``lora.alpha``, each the method's own when unset."""
+        return scale_rule(self.method, self.lora.scaling, self.lora.alpha)
 
     @property
     def weighting(self) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from fedlora.lora.scaling import ScalingKind
+from fedlora.lora.scaling import ScaleRule, ScalingKind
 
 
 @dataclass(frozen=True)
@@ -46,3 +46,10 @@ CONVENTIONS: dict[str, Convention] = {
         "hari1016/FLoRIST train at lora_alpha = 2 r_k",
     ),
 }
+
+
+def scale_rule(method: str, scaling: ScalingKind | None, alpha: float | None) -> ScaleRule:
+    """A run's LoRA scale rule: ``scaling`` and ``alpha`` (``lora.scaling``, ``lora.alpha``), each defaulting to the
+    method's own."""
+    own = CONVENTIONS[method]
+    return ScaleRule(scaling or own.scaling, own.alpha if alpha is None else alpha)

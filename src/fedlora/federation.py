@@ -30,7 +30,7 @@ from fedlora.evaluation.heldout import evaluate_heldout
 from fedlora.lora.export import save_peft_adapter
 from fedlora.lora.layer import merge_update
 from fedlora.lora.state import Factors, flatten_factors
-from fedlora.methods import build_method, scale_rule
+from fedlora.methods import build_method
 from fedlora.methods.base import ClientPlan
 from fedlora.network.sampling import sample_independent, unbiased_weights
 from fedlora.setup import RunSetup, build
@@ -219,7 +219,7 @@ def evaluate_global(setup: RunSetup, method, config: RunConfig) -> dict[str, flo
 def method_options(config: RunConfig, method) -> dict:
     return {
         "rank": config.lora.rank,
-        **scale_rule(config.method, config.lora.scaling, config.lora.alpha).describe(),
+        **config.scale_rule.describe(),
         "target_modules": config.model.target_modules,
         "weighting": config.weighting,
         "sampling": config.sampling.model_dump(exclude_none=True),
@@ -415,7 +415,7 @@ def run(
 
     # ------------------------------------------------------------------------ outputs
     factors, scales = method.export_adapter()
-    rslora = scale_rule(config.method, config.lora.scaling, config.lora.alpha).rslora
+    rslora = config.scale_rule.rslora
     save_peft_adapter(run_dir / "adapter", factors, scales, config.model.target_modules, setup.base_name, rslora=rslora)
     final = next((r for r in reversed(records) if "eval_loss" in r), {})
     summary = {

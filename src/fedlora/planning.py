@@ -27,7 +27,7 @@ from fedlora.config import RunConfig
 from fedlora.engines.inprocess import InProcessEngine
 from fedlora.lora.layer import merge_update
 from fedlora.lora.state import flatten_factors, init_factors
-from fedlora.methods import build_method, scale_rule
+from fedlora.methods import build_method
 from fedlora.methods.base import ClientPlan
 from fedlora.network import planner
 from fedlora.network.system import SystemModel
@@ -202,7 +202,7 @@ def run_pilot(config: RunConfig, work_dir: Path, log: Callable[[str], None] = la
     client = max(range(n), key=lambda c: len(setup.client_examples[c]))
     low = max(1, min(cap))
     low = 1 if low == r else low
-    scale = scale_rule(config.method, config.lora.scaling, config.lora.alpha)
+    scale = config.scale_rule
     per_token_low = _time_rank(engine, client, setup.shapes, low, scale(low), config.seed)
     per_token_full = _time_rank(engine, client, setup.shapes, r, scale(r), config.seed + 7)
     denom = per_token_low * r - per_token_full * low

@@ -16,8 +16,6 @@ from __future__ import annotations
 from functools import partial
 
 from fedlora import aggregation, seeding
-from fedlora.conventions import CONVENTIONS
-from fedlora.lora.scaling import ScaleRule
 from fedlora.methods.base import ClientPlan, Method
 from fedlora.methods.factor_averaging import FactorAveraging
 from fedlora.methods.hetlora import HetLoRA
@@ -28,16 +26,10 @@ from fedlora.server_optimizer import ServerOptimizer
 METHODS = ("fslora", "fedit", "ffa", "flora", "florist", "flexlora", "hetlora")
 
 
-def scale_rule(method: str, scaling: str | None, alpha: float | None) -> ScaleRule:
-    """The run's LoRA scale rule: ``lora.scaling`` / ``lora.alpha``, each defaulting to the method's own."""
-    own = CONVENTIONS[method]
-    return ScaleRule(scaling or own.scaling, own.alpha if alpha is None else alpha)
-
-
 def build_method(config, setup) -> Method:
     """The method named by ``config.method`` over the model's LoRA target modules."""
     name, shapes, budgets = config.method, setup.shapes, setup.budgets
-    scale = scale_rule(name, config.lora.scaling, config.lora.alpha)
+    scale = config.scale_rule
     init = seeding.generator(config.seed, "init")
     if name in ("fslora", "fedit", "ffa"):
         s = config.server
@@ -67,4 +59,4 @@ def build_method(config, setup) -> Method:
     raise ValueError(f"method: unknown method {name!r}")
 
 
-__all__ = ["METHODS", "ClientPlan", "Method", "build_method", "scale_rule"]
+__all__ = ["METHODS", "ClientPlan", "Method", "build_method"]
