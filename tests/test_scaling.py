@@ -110,3 +110,15 @@ def test_clients_train_at_the_conventions_scale(runs, scaling):
 
 def test_conventions_table_covers_every_method():
     assert set(CONVENTIONS) == set(METHODS)
+
+
+def test_weighting_defaults_to_the_methods_own(tmp_path):
+    """FSLoRA's code averages uniformly over the sampled clients; the FLoRA-family code weights by n_k / Σ n."""
+    lines = [line for line in TINY.read_text().splitlines() if not line.startswith("weighting =")]
+    bare = tmp_path / "bare.toml"
+    bare.write_text("\n".join(lines) + "\n")
+    assert load_config(bare, ["method=fslora"]).weighting == "uniform"
+    for method in ("fedit", "ffa", "flora", "florist", "flexlora", "hetlora"):
+        assert load_config(bare, [f"method={method}"]).weighting == "num_examples"
+    assert load_config(bare, ["method=fslora", "server.weighting=num_examples"]).weighting == "num_examples"
+    assert load_config(TINY, ["method=fslora"]).weighting == "num_examples"  # the example states its own

@@ -29,7 +29,8 @@ CONVENTIONS: dict[str, Convention] = {
         "rslora",
         1.0,
         "wenzhifang/Federated-Sketching-LoRA-Implementation src/models.py add_adapter (use_rslora=True), "
-        "src/arg.py --lora-alpha 1",
+        "src/arg.py --lora-alpha 1; src/LoRA_Sketching.py divides the summed update by the sampled clients' number",
+        weighting="uniform",
     ),
     # FedIT and FFA-LoRA as the FLoRA / FLoRIST code run them (homogeneous r = 16, lora_alpha = 32: s = 2)
     "fedit": Convention("constant", 2.0, "ATP-1010/FederatedLLM main.py (lora_r 16, lora_alpha 32)"),
