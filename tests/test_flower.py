@@ -25,11 +25,12 @@ import time
 from pathlib import Path
 
 import pytest
+from optional import require
 
 from fedlora.engines.flower import QUIET_ENV  # importing it sets it: no phoning home, Ray on loopback
 
-pytest.importorskip("flwr")
-pytest.importorskip("ray")
+require("flwr")
+require("ray")
 
 import torch  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402

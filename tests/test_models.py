@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from optional import require
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
 from fedlora.errors import ModelError
@@ -104,7 +105,7 @@ def test_tiny_llama_round_trips_through_save_pretrained(tmp_path):
 
 
 def test_peft_adapter_loads_against_a_saved_random_base(tmp_path):
-    peft = pytest.importorskip("peft")
+    peft = require("peft")
     base, tok = tiny_random_llama(seed=9)
     base.save_pretrained(tmp_path / "base")
     tok.save_pretrained(tmp_path / "base")
