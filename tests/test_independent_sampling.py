@@ -354,4 +354,3 @@ def test_clients_join_jointly_independently_through_the_run_path():
     table = torch.tensor([[float(((now == a) & (then == b)).sum()) for b in (0, 1)] for a in (0, 1)])
     pair = torch.tensor([[1 - probs[1], probs[1]]], dtype=torch.float64)
     assert _chi_square(table.double(), (rounds - 1) * pair.T @ pair) < chi2.ppf(1 - 1e-4, 1)
-
