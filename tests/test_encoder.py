@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from optional import require
 
 from fedlora import federation
 from fedlora.client.loss import batch_loss, class_loss, loss_terms
@@ -315,7 +316,7 @@ def test_missing_minilm_package_names_the_pip_command(monkeypatch):
 
 
 def test_a_flower_node_builds_the_servers_encoder(tmp_path):
-    pytest.importorskip("flwr")
+    require("flwr")
     from fedlora.engines.flower.node import build_client, expected_fingerprint, weights_fingerprint
     from fedlora.setup import build
 

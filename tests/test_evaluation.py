@@ -290,11 +290,43 @@ def test_fedlora_eval_of_the_exported_adapter_gives_the_runs_final_numbers(tiny_
     metrics = json.loads(out.read_text())
     final = summary["final_eval"]
     assert metrics["eval_loss"] == pytest.approx(final["eval_loss"], rel=1e-5)
+    # the loss moved in training by ≥ 100× that tolerance (≈ 0.1 of 5.4 here, ≈ 2000×)
+    assert abs(final["eval_loss"] - summary["initial_eval"]["eval_loss"]) >= 100 * 1e-5 * final["eval_loss"]
     assert metrics["eval_accuracy"] == final["eval_accuracy"]
     base = _cli("eval", str(run_dir), "--base-only")
     assert base.exit_code == 0, base.output
     base_metrics = json.loads(base.stdout[base.stdout.index("{") :])
     assert base_metrics["eval_loss"] == pytest.approx(summary["initial_eval"]["eval_loss"], rel=1e-6)
+
+
+@pytest.mark.parametrize("method", ["fslora", "florist"])
+def test_fedlora_eval_scores_the_runs_final_model(tiny_runs, method, monkeypatch):
+    """The model ``fedlora eval`` builds (base + PEFT adapter, as a user would load it) gives fedlora's own final
+    model's logits on every held-out prompt token to 1e-5, and training moved those logits from the base by
+    ≥ 1000× that (an adapter dropped, or FLoRIST's merged base updates left out, fails)."""
+    from fedlora import federation
+    from fedlora.evaluation import standalone
+    from fedlora.setup import load_model
+
+    run_dir, _ = tiny_runs[method]
+    seen = {}
+
+    def capture(model, tokenizer, eval_set, *args, **kwargs):
+        seen["model"], seen["eval_set"] = model, eval_set
+        return evaluate_heldout(model, tokenizer, eval_set, *args, **kwargs)
+
+    monkeypatch.setattr(standalone, "evaluate_heldout", capture)
+    assert _cli("eval", str(run_dir)).exit_code == 0
+    ours, _, config = federation.load_final_model(run_dir)
+    base, _, _ = load_model(config, run_dir, resume=True)
+    ids = [torch.tensor([ex["input_ids"]]) for ex in seen["eval_set"].encoded[:6]]
+    moved = 0.0
+    for x in ids:
+        with torch.no_grad():
+            theirs, mine, plain = seen["model"](input_ids=x).logits, ours(input_ids=x).logits, base(input_ids=x).logits
+        torch.testing.assert_close(theirs, mine, rtol=0, atol=1e-5)
+        moved = max(moved, float((mine - plain).abs().max()))
+    assert moved >= 1000 * 1e-5
 
 
 def test_fedlora_eval_bad_inputs_are_one_line_and_exit_2(tiny_runs, tmp_path):

@@ -253,3 +253,40 @@ def test_rank_exponent_from_projections():
     assert rank_exponent([2.0], [2.0], [0.25], [1.0]) == pytest.approx(0.0)
     assert rank_exponent([], [], [], []) == 0.0 and rank_exponent([-1.0], [1.0], [0.25], [1.0]) == 0.0
     assert rank_exponent([1e-9], [1.0], [0.25], [1.0]) == 2.0  # clipped
+
+
+def _sim_time_to_reach(records: list[dict], loss: float) -> float:
+    """Simulated seconds (Σ sim_round_s) until the first evaluated round with eval_loss ≤ ``loss`` (inf if never)."""
+    elapsed = 0.0
+    for record in records:
+        elapsed += record["sim_round_s"]
+        if record.get("eval_loss", math.inf) <= loss:
+            return elapsed
+    return math.inf
+
+
+def test_the_plan_beats_uniform_sampling_in_a_simulated_run(tmp_path):
+    """The planner (pilot + search, ``planning.make_plan``) against the baseline it reports (uniform sampling of 3
+    of 4 clients, k = 8 for all, equal bandwidth shares) in real runs of the tiny model on the tiny fleet (client 0
+    slow and far): the planned run reaches the held-out loss the uniform run ends with after 6 rounds (5.231) in
+    less simulated time, at most 95 % of it. Measured: 68.0 s against 78.2 s (87 %) — per round the plan learns a
+    little slower (≈ 3 clients per round in expectation, the slow one rarely), but its rounds are mostly 7.2 s
+    instead of 15.9 s. Both runs are seeded; the pilot's timing enters only through κ (rank cost), 0 here."""
+    from fedlora.planning import make_plan
+
+    common = ["data.max_examples=48", "train.local_steps=2", "rounds=6", "eval.every=1"]
+    plan = make_plan(load_config(TINY, common), str(TINY), tmp_path / "pilot")
+    settings = plan["settings"]
+    assert plan["prediction"]["baseline"]["description"] == "uniform sampling of 3 clients, k = 8 for all, equal shares"
+    planned = [f"{key}={json.dumps(value)}" for key, value in settings.items()]
+    baseline = ["budgets.per_client=[8, 8, 8, 8]", "network.allocation=equal"]
+    federation.run(load_config(TINY, [*common, *planned, "rounds=9"]), tmp_path / "planned")
+    federation.run(load_config(TINY, [*common, *baseline]), tmp_path / "uniform")
+    uniform = _records(tmp_path / "uniform")
+    target, uniform_s = uniform[-1]["eval_loss"], sum(r["sim_round_s"] for r in uniform)
+    planned_records = _records(tmp_path / "planned")
+    assert _sim_time_to_reach(planned_records, target) <= 0.95 * uniform_s
+
+
+def _records(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

@@ -25,11 +25,12 @@ import time
 from pathlib import Path
 
 import pytest
+from optional import require
 
 from fedlora.engines.flower import QUIET_ENV  # importing it sets it: no phoning home, Ray on loopback
 
-pytest.importorskip("flwr")
-pytest.importorskip("ray")
+require("flwr")
+require("ray")
 
 import torch  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
@@ -140,16 +141,38 @@ def _alive(pid: int) -> bool:
     return state[state.rindex(")") + 2] != "Z"
 
 
-def _wait_for_port(port: int, proc: subprocess.Popen, log: Path, timeout: float = 90) -> None:
+def _listening(port: int, proc: subprocess.Popen, timeout: float = 300) -> bool:
+    """Whether ``proc`` comes to listen on ``port`` (False when it exits first, e.g. because the port was taken
+    between ``_free_port`` releasing it and the process binding it). The timeout only guards against a hang."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise AssertionError(f"{proc.args[0]} exited: {log.read_text()[-2000:]}")
+            return False
         with socket.socket() as s:
             if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
+                return proc.poll() is None
         time.sleep(0.3)
-    raise AssertionError(f"nothing listens on port {port} after {timeout} s: {log.read_text()[-2000:]}")
+    raise AssertionError(f"{proc.args[0]}: nothing listens on port {port} after {timeout} s")
+
+
+def _start_listening(procs: Processes, commands: dict, work: Path, env: dict, attempts: int = 5) -> dict[str, int]:
+    """Start each ``commands[name](port)`` on a free loopback port (log ``work/<name>.log``) and wait until it
+    listens there; a process that exits first (its port taken meanwhile) is started again on another port.
+    Returns name → port."""
+    pending, ports = dict(commands), {}
+    for _ in range(attempts):
+        started = {}
+        for name, command in pending.items():
+            port = _free_port()
+            started[name] = (procs.start(command(port), work / f"{name}.log", env, work), port)
+        for name, (proc, port) in started.items():
+            if _listening(port, proc):
+                ports[name] = port
+                del pending[name]
+        if not pending:
+            return ports
+    logs = {name: (work / f"{name}.log").read_text()[-1500:] for name in pending}
+    raise AssertionError(f"{sorted(pending)} did not start listening in {attempts} attempts: {logs}")
 
 
 @pytest.fixture(scope="module")
@@ -463,11 +486,7 @@ def _federation(work: Path, fedlora_cache: Path, tls: dict | None = None, extra_
     procs = Processes()
     home = work / "flwr-home"
     home.mkdir()
-    port = _free_port()
     trust = f'root-certificates = "{tls["ca"]}"' if tls else "insecure = true"
-    (home / "config.toml").write_text(
-        f'[superlink]\ndefault = "loopback"\n\n[superlink.loopback]\naddress = "127.0.0.1:{port}"\n{trust}\n'
-    )
     env = _env(FLWR_HOME=str(home), FEDLORA_CACHE=str(fedlora_cache), FLWR_SUPEREXEC_TASK_POLL_INTERVAL="0.2")
     if tls:
         security = ["--ssl-ca-certfile", tls["ca"], "--ssl-certfile", tls["cert"], "--ssl-keyfile", tls["key"]]
@@ -475,9 +494,11 @@ def _federation(work: Path, fedlora_cache: Path, tls: dict | None = None, extra_
     else:
         security = ["--insecure"]
     try:
-        log = work / "superlink.log"
-        link = procs.start([str(BIN / "flower-superlink"), *map(str, security), "--port", str(port)], log, env, work)
-        _wait_for_port(port, link, log)
+        link = [str(BIN / "flower-superlink"), *map(str, security)]
+        port = _start_listening(procs, {"superlink": lambda p: [*link, "--port", str(p)]}, work, env)["superlink"]
+        (home / "config.toml").write_text(
+            f'[superlink]\ndefault = "loopback"\n\n[superlink.loopback]\naddress = "127.0.0.1:{port}"\n{trust}\n'
+        )
         nodes = {}
         for cid in range(3):
             args = ["--insecure"]
@@ -489,19 +510,19 @@ def _federation(work: Path, fedlora_cache: Path, tls: dict | None = None, extra_
                 args = ["--root-certificates", str(tls["ca"]), "--auth-supernode-private-key", str(key)]
             node_config = f'partition-id={cid} num-partitions=3 cache-dir="{work / f"node-{cid}"}"'
             nodes[f"supernode-{cid}"] = [*args, "--node-config", node_config]
-        nodes.update(extra_nodes or {})
-        for name, args in nodes.items():
-            procs.start(
-                [str(BIN / "flower-supernode"), "--superlink", f"127.0.0.1:{port}", "--port", str(_free_port()), *args],
-                work / f"{name}.log",
-                env,
-                work,
-            )
+        node = [str(BIN / "flower-supernode"), "--superlink", f"127.0.0.1:{port}"]
+        _start_listening(procs, {name: _with_port(node, args) for name, args in nodes.items()}, work, env)
+        for name, args in (extra_nodes or {}).items():  # expected to be refused: they may exit before listening
+            procs.start([*node, "--port", str(_free_port()), *args], work / f"{name}.log", env, work)
         yield env, procs
     finally:
         pids = [p.pid for p in procs.started]
         procs.stop_all()
         assert not any(_alive(pid) for pid in pids)
+
+
+def _with_port(command: list[str], args: list[str]):
+    return lambda port: [*command, "--port", str(port), *args]
 
 
 @pytest.fixture
@@ -616,7 +637,8 @@ def test_deployment_with_tls_and_supernode_auth(tmp_path, fedlora_cache):
         proc = procs.start(command, log, env, tmp_path)
         assert proc.wait(timeout=600) == 0, log.read_text()[-3000:]
         assert "[fedlora] round 1 done" in log.read_text()
-        refused = dict(zip(intruders, procs.started[4 : 4 + len(intruders)], strict=True))  # after link + 3
+        # the intruders were started last before `flwr run` (the link and the three nodes may have needed retries)
+        refused = dict(zip(intruders, procs.started[-1 - len(intruders) : -1], strict=True))
         for name, node in refused.items():
             assert node.wait(timeout=120) != 0, name
         listed = subprocess.run(

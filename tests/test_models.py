@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from optional import require
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
 from fedlora.errors import ModelError
@@ -58,9 +59,7 @@ def test_byte_tokenizer_survives_save_and_load(tmp_path):
 # -------------------------------------------------------------------------------------- tiny random llama
 def test_tiny_llama_is_deterministic_per_seed_and_leaves_the_global_rng_alone():
     state = torch.get_rng_state()
-    start = time.perf_counter()
     a, tok = tiny_random_llama(seed=3)
-    elapsed = time.perf_counter() - start
     b, _ = tiny_random_llama(seed=3)
     c, _ = tiny_random_llama(seed=4)
     assert torch.equal(torch.get_rng_state(), state)
@@ -71,7 +70,6 @@ def test_tiny_llama_is_deterministic_per_seed_and_leaves_the_global_rng_alone():
     assert isinstance(a, LlamaForCausalLM) and not a.training
     assert a.config.vocab_size == len(tok)
     assert a.get_output_embeddings().weight is a.get_input_embeddings().weight  # tied, like SmolLM2
-    assert elapsed < 2.0  # milliseconds in practice; generous for a loaded CI machine
 
 
 def test_tiny_llama_options_shape_the_model():
@@ -104,7 +102,7 @@ def test_tiny_llama_round_trips_through_save_pretrained(tmp_path):
 
 
 def test_peft_adapter_loads_against_a_saved_random_base(tmp_path):
-    peft = pytest.importorskip("peft")
+    peft = require("peft")
     base, tok = tiny_random_llama(seed=9)
     base.save_pretrained(tmp_path / "base")
     tok.save_pretrained(tmp_path / "base")
@@ -240,7 +238,7 @@ def smollm2():
 
 
 @pytest.mark.model
-def test_bundled_smollm2_loads_from_cache_quickly_and_scores_sensibly(smollm2):
+def test_bundled_smollm2_loads_from_cache_quickly_and_scores_sensibly(smollm2, monkeypatch):
     model, tok = smollm2
     assert isinstance(model, LlamaForCausalLM) and not model.training
     n_params = sum(p.numel() for p in model.parameters())
@@ -256,9 +254,13 @@ def test_bundled_smollm2_loads_from_cache_quickly_and_scores_sensibly(smollm2):
     assert tok.decode([3524]) == " negative"
     assert tok.model_max_length == model.config.max_position_embeddings == 8192
 
-    start = time.perf_counter()
+    # the second load comes from the converted cache (0.2-0.7 s here), never from the GGUF again (18-27 s); checked
+    # by behaviour, not by a wall-clock limit
+    def no_conversion(*args, **kwargs):
+        raise AssertionError("the cached model was converted again")
+
+    monkeypatch.setattr(loading, "_convert_gguf", no_conversion)
     again, _ = load_base_model("smollm2-135m", device=CPU, dtype=torch.float32)
-    assert time.perf_counter() - start < 2.0  # 0.2-0.7 s measured here
     assert torch.equal(again.get_input_embeddings().weight, model.get_input_embeddings().weight)
     del again
 

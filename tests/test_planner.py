@@ -196,7 +196,9 @@ def test_rank_exponent_zero_keeps_previous_plans_exactly():
     grid = plan_fleet(fleet, k_grid=K_GRID, q_grid=Q_GRID, restarts=2)
     assert (grid.k, grid.q, grid.objective) == before_grid
     plan = plan_fleet(fleet, restarts=2)
-    assert (plan.k, plan.q, plan.objective) == before
+    # the optimiser's floats to 1e-9 (scipy and BLAS builds differ in the last bits), its integer ranks exactly
+    assert plan.k == before[0]
+    assert plan.q == pytest.approx(before[1], rel=1e-9) and plan.objective == pytest.approx(before[2], rel=1e-9)
     # and the hand-computed surrogate, exactly
     assert predicted_rounds(two_clients(rank_exponent=0.0), [2, 1], [0.5, 1.0]) == 10.0 * (1 + 0.5 * 2.25)
 
@@ -435,7 +437,7 @@ def test_infeasible_min_participants():
             call()
     # m = N: everyone every round
     model = two_clients(min_participants=2.0)
-    assert plan_fleet(model).q == [1.0, 1.0]
+    assert plan_fleet(model).q == pytest.approx([1.0, 1.0], abs=1e-9)  # the optimiser's output: a tolerance
     assert brute_force(model, K_GRID, Q_GRID).q == [1.0, 1.0]
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from optional import require
 
 from fedlora import federation
 from fedlora.config import load_config
@@ -302,7 +303,7 @@ def test_tensorboard_scalars_match_the_metrics(runs):
 
 
 def test_tensorboard_resume_purges_the_rounds_it_redoes(tmp_path):
-    pytest.importorskip("tensorboard")
+    require("tensorboard")
     from fedlora.tensorboard_log import TensorBoardReporter
 
     first = TensorBoardReporter(tmp_path)

@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from optional import require
 from torch import nn
 
 from fedlora.evaluation import classification_accuracy, option_logprobs, scoring
@@ -244,7 +245,7 @@ def test_lm_head_runs_only_at_the_scored_positions(llama):
 
 
 def test_peft_wrapped_model_is_scored_exactly(llama):
-    peft = pytest.importorskip("peft")
+    peft = require("peft")
     base, tok = tiny_random_llama(seed=11)
     config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
     model = peft.get_peft_model(base, config)

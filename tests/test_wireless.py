@@ -213,3 +213,72 @@ def test_unbiased_weights_values():
 def test_bad_input_names_argument(call, name):
     with pytest.raises(ValueError, match=name):
         call()
+
+
+# --- edges the mutation run found unguarded (docs/testing.md) ------------------------------------------------------
+
+
+def test_snr_at_one_hertz_is_the_formula():
+    ch = Channel(distance_m=100.0, tx_power_w=0.2)
+    expected = ch.tx_power_w * channel_gain(ch) / (ch.noise_psd_w_per_hz * 1.0)
+    assert snr(ch, 1.0) == pytest.approx(expected, rel=1e-12) and math.isfinite(snr(ch, 1.0))
+    assert snr(ch, 0.0) == math.inf
+
+
+def test_bandwidth_for_rate_edges():
+    """0 bit/s needs 0 Hz; a rate below 1 bit/s (root below 1 Hz) and one just above 1 bit/s are solved exactly:
+    the rate at the returned bandwidth is the target, to 1e-9."""
+    from fedlora.network.wireless import _bandwidth_for_rate, _rate
+
+    a = 1e6  # p·g/N0 in Hz
+    assert _bandwidth_for_rate(a, 0.0) == 0.0
+    for target in (1e-3, 0.5, 1.5, 3e5):
+        b = _bandwidth_for_rate(a, target)
+        assert 0 < b < math.inf
+        assert _rate(a, b) == pytest.approx(target, rel=1e-9)
+    assert _bandwidth_for_rate(a, a / math.log(2)) == math.inf  # the rate limit itself is out of reach
+
+
+@pytest.mark.parametrize("tol", [0.0, 1.0, 1.5, -0.1])
+def test_min_max_allocation_rejects_tol_outside_0_1(tol):
+    with pytest.raises(ValueError, match=r"^tol must be in \(0, 1\), got"):
+        min_max_allocation([0.0], [1.0], [Channel(10.0, 0.1)], 1e6, tol=tol)
+
+
+def test_min_max_allocation_bad_inputs_name_the_entry():
+    ch = Channel(10.0, 0.1)
+    with pytest.raises(ValueError, match=r"^channels\[1\] must be a Channel, got str$"):
+        min_max_allocation([0.0, 0.0], [1.0, 1.0], [ch, "ch"], 1e6)
+    with pytest.raises(ValueError, match=r"^total_bandwidth_hz must be a positive finite number, got 0.0$"):
+        min_max_allocation([0.0], [1.0], [ch], 0.0)
+
+
+def test_min_max_allocation_small_numbers_are_not_special():
+    """Half a hertz in total and half a bit each are valid: both participants get bandwidth, all of it is used,
+    and they finish together."""
+    chans = [Channel(10.0, 0.1), Channel(50.0, 0.1)]
+    alloc, t = min_max_allocation([0.0, 0.0], [0.5, 0.5], chans, 0.5)
+    assert all(b > 0 for b in alloc) and sum(alloc) == pytest.approx(0.5, rel=1e-6)
+    finish = [0.5 / shannon_rate_bps(ch, b) for ch, b in zip(chans, alloc, strict=True)]
+    assert finish == pytest.approx([t, t], rel=1e-6)
+
+
+def test_expected_max_time_names_a_nan_time():
+    with pytest.raises(ValueError, match=r"^times\[1\] is NaN$"):
+        expected_max_time([1.0, math.nan], [0.5, 0.5])
+
+
+def test_sample_independent_single_client_and_reproducible():
+    assert sample_independent([1.0], torch.Generator().manual_seed(0)) == [0]  # one client is not "no client"
+    draws = [sample_independent([0.5] * 20, torch.Generator().manual_seed(3)) for _ in range(2)]
+    assert draws[0] == draws[1]  # the caller's generator decides, nothing else
+    torch.manual_seed(0)
+    a = sample_independent([0.5] * 20, torch.Generator().manual_seed(3))
+    torch.manual_seed(1)
+    assert sample_independent([0.5] * 20, torch.Generator().manual_seed(3)) == a  # the global RNG plays no part
+
+
+@pytest.mark.parametrize("bad", ["a", 1.5, 4, -1])
+def test_unbiased_weights_rejects_ids_that_are_not_clients(bad):
+    with pytest.raises(ValueError, match=r"participants contains .*, not a client id in \[0, 4\)"):
+        unbiased_weights([bad], [0.25] * 4, [0.5] * 4)

@@ -1,0 +1,184 @@
+"""The refusals a fedlora Flower node and server make, unit by unit (no Flower processes): a hello in another
+protocol, a node without (or with a bad) partition-id, a train message of another fedlora run, a base model whose
+fingerprint differs from the server's, and at connection time a missing or duplicate partition-id.
+
+The handlers are called as Flower calls them, with real ``Message`` and ``Context`` objects; the server's
+``connect_nodes`` talks to a stand-in grid that replies as nodes would."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from optional import require
+
+require("flwr")
+
+from flwr.app import ConfigRecord, Context, Message, RecordDict  # noqa: E402
+from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
+
+from fedlora import payload  # noqa: E402
+from fedlora.config import dump_config, load_config  # noqa: E402
+from fedlora.engines.flower import wire  # noqa: E402
+from fedlora.engines.flower.engine import connect_nodes  # noqa: E402
+from fedlora.engines.flower.node import expected_fingerprint, handle_hello, handle_train  # noqa: E402
+from fedlora.errors import FedloraError  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "examples" / "tiny.toml"
+FAST = ["rounds=1", "data.max_examples=48", "train.local_steps=1", "threads=1"]
+
+
+@pytest.fixture(autouse=True)
+def task_identity(monkeypatch):
+    """Flower stamps messages with the running task's identity; outside a Flower process there is none."""
+    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_node_id", 7)
+    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("FEDLORA_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def _context(**node_config) -> Context:
+    return Context(run_id=1, node_id=7, node_config=node_config, state=RecordDict(), run_config={})
+
+
+def _hello(config_text: str, session: str = "run-a", fingerprint: str = "", protocol: int = wire.PROTOCOL) -> Message:
+    record = ConfigRecord(
+        {"config": config_text, "session": session, "base_fingerprint": fingerprint, "threads": 1, "protocol": protocol}
+    )
+    return Message(RecordDict({wire.FEDLORA: record}), dst_node_id=7, message_type=wire.HELLO)
+
+
+def _train(client: int, session: str) -> Message:
+    meta = ConfigRecord({"client": client, "session": session, "base_target": 0, "catchup_from": 0})
+    settings = {"fresh_seed": 1, "round": 1, "client": client, "rank": 2, "scale": 1.0, "seed": 3}
+    download = payload.pack({}, {**settings, "train_A": True, "train_B": True})
+    content = RecordDict({wire.DOWNLOAD: wire.blob_record(download), wire.FEDLORA: meta})
+    return Message(content, dst_node_id=7, message_type=wire.TRAIN)
+
+
+@pytest.fixture(scope="module")
+def config_text() -> str:
+    return dump_config(load_config(TINY, FAST))
+
+
+# ------------------------------------------------------------------------------------------------ hello
+
+
+def test_a_node_accepts_a_matching_hello_and_keeps_the_runs_settings(config_text):
+    context = _context(**{"partition-id": 2})
+    reply = handle_hello(_hello(config_text, fingerprint="abc"), context)
+    assert int(wire.settings(reply)["partition_id"]) == 2
+    state = context.state.config_records[wire.FEDLORA]
+    assert (state["session"], state["base_fingerprint"], int(state["client"])) == ("run-a", "abc", 2)
+
+
+@pytest.mark.parametrize("protocol", [0, wire.PROTOCOL + 1])
+def test_a_node_refuses_another_protocol(config_text, protocol):
+    context = _context(**{"partition-id": 1})
+    with pytest.raises(FedloraError, match=f"server speaks protocol {protocol}, this node {wire.PROTOCOL}"):
+        handle_hello(_hello(config_text, protocol=protocol), context)
+    assert wire.FEDLORA not in context.state.config_records  # nothing kept from a refused hello
+
+
+@pytest.mark.parametrize(
+    ("node_config", "message"),
+    [
+        ({}, r"has no partition-id in its node config \(--node-config 'partition-id=N'\)"),
+        ({"partition-id": "two"}, r"node config partition-id='two' is not an integer"),
+        ({"partition-id": 4}, r"partition-id=4 is outside \[0, partition.num_clients=4\)"),
+        ({"partition-id": -1}, r"partition-id=-1 is outside \[0, partition.num_clients=4\)"),
+    ],
+)
+def test_a_node_without_a_valid_partition_id_refuses_the_hello(config_text, node_config, message):
+    with pytest.raises(FedloraError, match=message):
+        handle_hello(_hello(config_text), _context(**node_config))
+
+
+# ------------------------------------------------------------------------------------------------ train
+
+
+def test_a_train_message_of_another_fedlora_run_is_refused(config_text, cache):
+    context = _context(**{"partition-id": 1})
+    handle_hello(_hello(config_text, session="run-a"), context)
+    with pytest.raises(FedloraError, match="client 1: train message of fedlora run run-b, node is in run-a"):
+        handle_train(_train(1, "run-b"), context)
+
+
+def test_a_train_message_for_another_client_is_refused(config_text, cache):
+    context = _context(**{"partition-id": 1})
+    handle_hello(_hello(config_text), context)
+    with pytest.raises(FedloraError, match="message for client 3 reached the node of client 1"):
+        handle_train(_train(3, "run-a"), context)
+
+
+def test_a_train_message_before_hello_is_refused(cache):
+    with pytest.raises(FedloraError, match="train message before hello"):
+        handle_train(_train(1, "run-a"), _context(**{"partition-id": 1}))
+
+
+def test_a_node_whose_base_differs_from_the_servers_refuses_to_train(config_text, cache):
+    """The server announces its base's fingerprint; a node that rebuilds a different random base (another torch
+    or transformers version) must stop before training on it. The node's own fingerprint is the real one of
+    the tiny model: announcing that one is accepted (the same message then trains and replies)."""
+    config = load_config(TINY, FAST)
+    real = expected_fingerprint(config)
+    assert real  # a random base has a fingerprint
+    wrong = ("0" if real[0] != "0" else "1") + real[1:]
+    context = _context(**{"partition-id": 1})
+    handle_hello(_hello(config_text, session="fp-wrong", fingerprint=wrong), context)
+    with pytest.raises(FedloraError, match="client 1: the rebuilt random base model differs from the server's"):
+        handle_train(_train(1, "fp-wrong"), context)
+
+    context = _context(**{"partition-id": 1})
+    handle_hello(_hello(config_text, session="fp-right", fingerprint=real), context)
+    reply = handle_train(_train(1, "fp-right"), context)
+    assert wire.settings(reply)["status"] == wire.STATUS_OK and wire.record_blob(reply, wire.UPLOAD)
+
+
+# ------------------------------------------------------------------------------------------ connect_nodes
+
+
+class _Grid:
+    """Stands in for Flower's Grid: nodes ``partition_ids`` (node id → its partition-id) answer every hello."""
+
+    def __init__(self, partition_ids: dict[int, int]) -> None:
+        self.partition_ids = partition_ids
+        self.sent: list[Message] = []
+
+    def get_node_ids(self) -> list[int]:
+        return list(self.partition_ids)
+
+    def send_and_receive(self, messages, timeout=None):
+        self.sent += messages
+        replies = []
+        for message in messages:
+            node = message.metadata.dst_node_id
+            content = RecordDict({wire.FEDLORA: ConfigRecord({"partition_id": self.partition_ids[node]})})
+            replies.append(SimpleNamespace(content=content, metadata=SimpleNamespace(src_node_id=node), has_error=bool))
+        return replies
+
+
+def test_connect_nodes_maps_each_client_to_its_node():
+    grid = _Grid({31: 2, 17: 0, 5: 1})
+    assert connect_nodes(grid, "config", 3, session="s", base_fingerprint="f") == {2: 31, 0: 17, 1: 5}
+    hello = wire.settings(grid.sent[0])
+    assert (hello["session"], hello["base_fingerprint"], int(hello["protocol"])) == ("s", "f", wire.PROTOCOL)
+
+
+def test_connect_nodes_refuses_a_duplicate_partition_id():
+    with pytest.raises(FedloraError, match=r"Flower nodes 5 and 17 both have partition-id=1"):
+        connect_nodes(_Grid({5: 1, 17: 1, 31: 0}), "config", 3, session="s")
+
+
+def test_connect_nodes_refuses_a_missing_partition_id():
+    """Four nodes for four clients, none of them client 2 (one answers for a client outside the run, as a node
+    that checked its partition-id against another config would)."""
+    with pytest.raises(FedloraError, match=r"no SuperNode has partition-id 2 \(one per client 0..3\)"):
+        connect_nodes(_Grid({5: 0, 17: 1, 31: 3, 40: 4}), "config", 4, session="s")
