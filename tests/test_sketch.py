@@ -221,7 +221,15 @@ def test_fslora_aggregate_expectation_over_sketches():
     errors per entry. A sampler favouring some indices, or a scatter to the wrong place, shifts whole columns."""
     r, k, rounds = 8, 3, 3000
     shapes = {"m": ModuleShape(5, 4)}
-    method = FactorAveraging("fslora", shapes, r, 16.0, [k], ServerOptimizer(), torch.Generator().manual_seed(0))
+    method = FactorAveraging(
+        "fslora",
+        shapes,
+        r,
+        ScaleRule("alpha_over_rank", 16.0),
+        [k],
+        ServerOptimizer(),
+        torch.Generator().manual_seed(0),
+    )
     g = torch.Generator().manual_seed(6)
     G_B, G_A = torch.randn(5, r, generator=g, dtype=torch.float64), torch.randn(r, 4, generator=g, dtype=torch.float64)
     method.factors = {"m": (torch.zeros(5, r, dtype=torch.float64), torch.zeros(r, 4, dtype=torch.float64))}
