@@ -126,6 +126,9 @@ def _first_difference(a: dict, b: dict, prefix: str = "") -> str:
 
 def _run_on_engine(cfg, run_dir: Path, resume: bool, reporter) -> dict:
     """``federation.run`` on the configured engine (``engine = "inprocess" | "flower-sim"``)."""
+    from fedlora.setup import check_precisions
+
+    check_precisions(cfg)  # before a simulation starts Ray, and before anything is written
     if cfg.engine == "flower":
         raise FedloraError(
             "engine=flower is a Flower federation: start it with `flwr run flower/ SUPERLINK` (docs/flower.md); "

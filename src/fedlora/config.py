@@ -267,6 +267,12 @@ class FleetConfig(_Section):
     """Uplink transmit power in dBm (network.uplink = "wireless"; 20 dBm = 100 mW)."""
     max_rank: int | list[int] | Draw | None = None
     """Memory cap: the largest rank the client can train (budgets and plans must respect it); unset = lora.rank."""
+    precision: Literal["fp32", "bf16", "int8", "nf4"] | list[Literal["fp32", "bf16", "int8", "nf4"]] | None = None
+    """The precision the client holds its frozen base in: "fp32", "bf16", or QLoRA-style "int8" / "nf4" (every
+    linear weight but the output head quantized by bitsandbytes, the rest bf16); its LoRA factors are float32
+    whatever the base, so uploads, aggregation and the exported adapter are unchanged. Unset: model.dtype for
+    every client. A Flower node may declare its own in its node config (``precision``). In-process, clients at
+    another precision than the server's base train on one converted copy per precision (docs/benchmarks.md)."""
 
 
 class NetworkConfig(_Section):
@@ -435,6 +441,8 @@ class RunConfig(_Section):
                 raise ValueError(f"fleet.{name}: values must be > 0, got {value}")
             if name in ("tokens_per_s", "downlink_mbps", "uplink_mbps") and any(v < MIN_RATE for v in values):
                 raise ValueError(f"fleet.{name}: rates below {MIN_RATE:g} make simulated times overflow, got {value}")
+        if isinstance(self.fleet.precision, list) and len(self.fleet.precision) != n:
+            raise ValueError(f"fleet.precision: {len(self.fleet.precision)} values for partition.num_clients={n}")
         if isinstance(self.fleet.tx_power_dbm, list) and len(self.fleet.tx_power_dbm) != n:
             raise ValueError(f"fleet.tx_power_dbm: {len(self.fleet.tx_power_dbm)} values for partition.num_clients={n}")
         caps = self.fleet.max_rank
