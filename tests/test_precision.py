@@ -307,3 +307,20 @@ def test_a_mixed_precision_fleet_on_flower_sim_matches_in_process(tmp_path, monk
         assert x["train_loss"] == pytest.approx(y["train_loss"], abs=1e-5)
     summary = json.loads((tmp_path / "flower" / "summary.json").read_text())
     assert [c["precision"] for c in summary["clients"]] == ["nf4", "int8", "bf16", "fp32"]
+
+
+def test_a_flower_node_may_declare_its_own_precision():
+    pytest.importorskip("flwr")
+    from types import SimpleNamespace
+
+    from fedlora.engines.flower.node import node_precision
+    from fedlora.errors import FedloraError
+
+    config = load_config(TINY, [*FAST, MIXED])
+    assert node_precision(SimpleNamespace(node_config={"partition-id": 3}), config, 3) == "fp32"  # the run's
+    assert node_precision(SimpleNamespace(node_config={"partition-id": 3, "precision": "nf4"}), config, 3) == "nf4"
+    with pytest.raises(FedloraError, match=r"client 3: node config precision='fp8' cannot run on this node: unknown"):
+        node_precision(SimpleNamespace(node_config={"precision": "fp8"}), config, 3)
+    flora = load_config(TINY, [*FAST, "method=flora"])
+    with pytest.raises(FedloraError, match=r"client 1: node config precision='int8': flora merges"):
+        node_precision(SimpleNamespace(node_config={"precision": "int8"}), flora, 1)

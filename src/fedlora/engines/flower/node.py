@@ -15,7 +15,8 @@ ClientApp process for every message; a process that serves several messages (a s
 keeps its model, at the base version it last reached, and only merges what is new.
 
 Optional node config keys: ``device`` (e.g. "cuda:0"; default: the run's model.device), ``threads`` (torch
-threads), ``cache-dir`` (default: fedlora's cache folder, ``$FEDLORA_CACHE``).
+threads), ``cache-dir`` (default: fedlora's cache folder, ``$FEDLORA_CACHE``), ``precision`` (the node's base
+precision, "fp32" | "bf16" | "int8" | "nf4": replaces the run's fleet.precision for this client).
 """
 
 from __future__ import annotations
@@ -302,6 +303,27 @@ def _device(context: Context) -> str | None:
     return str(device) if device else None
 
 
+def node_precision(context: Context, config, cid: int) -> str | None:
+    """The client's base precision: what the node declares (node config ``precision``: it knows its memory), else
+    the run's fleet.precision. A declared precision this node cannot run, or one a merge-into-base method cannot
+    use, is refused in one line naming the client and the setting."""
+    declared = context.node_config.get("precision")
+    if not declared:
+        return client_precision(config, cid)
+    from fedlora.models import resolve_device
+    from fedlora.models.precision import runnable
+    from fedlora.setup import merges_into_base, server_precision
+
+    precision, setting = str(declared), f"flower: client {cid}: node config precision={declared!r}"
+    why = runnable(precision, str(resolve_device(_device(context) or config.model.device)))
+    if why is not None:
+        raise FedloraError(f"{setting} cannot run on this node: {why}")
+    if merges_into_base(config) and precision != server_precision(config):
+        raise FedloraError(f"{setting}: {config.method} merges every round's update into the base, which must be "
+                           f"held as the server's ({server_precision(config)})")  # fmt: skip
+    return precision
+
+
 def handle_hello(message: Message, context: Context) -> Message:
     """Check that this node can be the client its partition-id names and keep the run's settings.
 
@@ -318,7 +340,7 @@ def handle_hello(message: Message, context: Context) -> Message:
     config_text = str(hello["config"])
     config = RunConfig.model_validate(tomllib.loads(config_text))
     cid = partition_id(context, config.partition.num_clients)
-    precision = client_precision(config, cid)
+    precision = node_precision(context, config, cid)
     context.state[wire.FEDLORA] = ConfigRecord(
         {
             "config": config_text,
