@@ -324,3 +324,53 @@ def test_a_flower_node_may_declare_its_own_precision():
     flora = load_config(TINY, [*FAST, "method=flora"])
     with pytest.raises(FedloraError, match=r"client 1: node config precision='int8': flora merges"):
         node_precision(SimpleNamespace(node_config={"precision": "int8"}), flora, 1)
+
+
+# ------------------------------------------------------------------------------------------------- planner
+
+
+def test_a_memory_cap_picks_the_most_faithful_precision_that_fits_the_largest_rank():
+    from fedlora.network.memory import MemoryCapError, choose, footprint_at
+
+    measured = {  # MB at ranks 1, 8, 16 (shaped like SmolLM2's: base + runtime dominate, rank adds a little)
+        "fp32": {1: 1400.0, 8: 1420.0, 16: 1440.0},
+        "bf16": {1: 1000.0, 8: 1010.0, 16: 1020.0},
+        "int8": {1: 900.0, 8: 905.0, 16: 910.0},
+        "nf4": {1: 800.0, 8: 804.0, 16: 808.0},
+    }
+    assert footprint_at(measured["fp32"], 12) == pytest.approx(1430.0)
+    assert footprint_at(measured["fp32"], 17) is None
+    caps = [2000, 1440, 1430, 1015, 850, 803]
+    chosen = [(c.precision, c.max_rank) for c in choose(caps, measured, 1, 16)]
+    assert chosen == [("fp32", 16), ("fp32", 16), ("bf16", 16), ("int8", 16), ("nf4", 16), ("nf4", 6)]
+    # nothing fits at rank k_min: one line naming the client and the setting
+    with pytest.raises(MemoryCapError, match=r"fleet.memory_mb: client 1: 700 MB fits no base precision at rank 1"):
+        choose([2000, 700], measured, 1, 16)
+
+
+def test_the_plan_records_each_clients_precision_and_rank_from_its_memory(monkeypatch):
+    """The planner's wiring: measured footprints (faked here: measuring is fedlora.client.footprint's job) become
+    fleet.precision and fleet.max_rank in the config the pilot runs and in the plan's settings."""
+    from fedlora import planning
+    from fedlora.client import footprint
+
+    seen = {}
+
+    def fake_footprints(config, precisions, ranks):
+        seen.update(precisions=precisions, ranks=ranks)
+        return {"fp32": {1: 900.0, 4: 950.0, 8: 1000.0}, "nf4": {1: 500.0, 4: 520.0, 8: 540.0}}
+
+    monkeypatch.setattr(footprint, "footprints", fake_footprints)
+    overrides = [
+        "fleet.memory_mb=[2000, 960, 530, 515]",
+        "fleet.max_rank=[8, 8, 8, 2]",
+        "budgets.per_client=[2, 2, 2, 2]",
+    ]
+    config = load_config(TINY, [*FAST, *overrides])
+    planned, table = planning.memory_plan(config)
+    assert seen["ranks"] == [1, 4, 8] and seen["precisions"] == ["fp32", "bf16", "int8", "nf4"]
+    # client 1 fits fp32 only up to rank 4 but nf4 at full rank: the larger rank wins
+    assert planned.fleet.precision == ["fp32", "nf4", "nf4", "nf4"]
+    assert planned.fleet.max_rank == [8, 8, 6, 2]  # capped by memory, and by the max_rank the config had (client 3)
+    assert table["precision"] == planned.fleet.precision and table["max_rank"] == planned.fleet.max_rank
+    assert table["footprints_mb"]["nf4"] == {"1": 500.0, "4": 520.0, "8": 540.0}
