@@ -24,6 +24,7 @@ tweets encoded as in the demo, at most 80 tokens):
 
     python benchmarks/precision.py                                   # both models, all four precisions
     python benchmarks/precision.py --models smollm2-135m --json precision.json
+    python benchmarks/precision.py --libraries           # bitsandbytes vs torchao on one 2048×2048 layer
 """
 
 from __future__ import annotations
@@ -184,6 +185,74 @@ def measure(name: str, precision: str, args: dict) -> dict:
     }
 
 
+def compare_libraries(threads: int, size: int = 2048, tokens: int = 512, reps: int = 3) -> list[dict]:
+    """bitsandbytes 0.50 against torchao on one frozen size×size linear: a LoRA-style training pass (forward, and
+    backward into the input only) over ``tokens`` float32 inputs, best of ``reps``; the relative error of the output
+    against the float32 layer; the bytes the weight occupies. A variant that cannot run here says why."""
+    import torch
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(size, size, bias=False).requires_grad_(False)
+    x = torch.randn(tokens, size)
+    ref = linear(x)
+
+    def run(name: str, build) -> dict:
+        try:
+            fn, nbytes = build()
+            times = []
+            for _ in range(reps + 1):  # the first is a warm-up
+                xi = x.clone().requires_grad_(True)
+                started = time.perf_counter()
+                out = fn(xi)
+                out.float().sum().backward()
+                times.append(time.perf_counter() - started)
+            err = float((out.float() - ref).norm() / ref.norm())
+            return {"variant": name, "ms": 1e3 * min(times[1:]), "rel_err": err, "weight_mb": nbytes / 2**20}
+        except Exception as err:  # noqa: BLE001 - a variant this machine cannot run
+            return {"variant": name, "error": f"{type(err).__name__}: {str(err).splitlines()[0][:120]}"}
+
+    def ours(precision):
+        from fedlora.models.precision import base_bytes, convert_base
+
+        net = convert_base(torch.nn.Sequential(linear), precision, copy=True)
+        return net, base_bytes(net)
+
+    def torchao_nf4(dtype):
+        from torchao.quantization.quantize_.workflows.nf4.nf4_tensor import linear_nf4, to_nf4
+
+        weight = to_nf4(linear.weight.detach().to(dtype))
+        nbytes = weight.quantized_data.numel() + weight.quantized_scalers.numel() + 4 * weight.scaler_mean.numel()
+        return (lambda xi: linear_nf4(xi.to(dtype), weight)), nbytes
+
+    def torchao_config(config_name: str, **kwargs):
+        import torchao.quantization as tq
+        from torchao.quantization import quantize_
+
+        net = torch.nn.Sequential(torch.nn.Linear(size, size, bias=False))
+        net[0].weight = torch.nn.Parameter(linear.weight.detach().clone(), requires_grad=False)
+        quantize_(net, getattr(tq, config_name)(**kwargs))
+        weight = net[0].weight
+        names, _ = weight.__tensor_flatten__()  # the tensors a torchao weight is made of (data, scales)
+        return net, sum(getattr(weight, n).numel() * getattr(weight, n).element_size() for n in names)
+
+    rows = [run("float32 (nn.Linear)", lambda: (linear, size * size * 4))]
+    rows.append(run("bf16 (fedlora)", lambda: (lambda net, n: (lambda xi: net(xi.bfloat16()), n))(*ours("bf16"))))
+    rows.append(run("bitsandbytes int8 (fedlora int8)", lambda: ours("int8")))
+    rows.append(run("bitsandbytes nf4, bf16 compute (fedlora nf4)", lambda: ours("nf4")))
+    rows.append(run("torchao NF4Tensor, float32 compute", lambda: torchao_nf4(torch.float32)))
+    rows.append(run("torchao NF4Tensor, bf16 compute", lambda: torchao_nf4(torch.bfloat16)))
+    rows.append(run("torchao Int8WeightOnlyConfig", lambda: torchao_config("Int8WeightOnlyConfig")))
+    rows.append(run("torchao Int4WeightOnlyConfig", lambda: torchao_config("Int4WeightOnlyConfig")))
+    rows.append(
+        run(
+            "torchao Int4WeightOnlyConfig (plain_int32)",
+            lambda: torchao_config("Int4WeightOnlyConfig", int4_packing_format="plain_int32"),
+        )
+    )
+    return rows
+
+
 def _in_child(fn, *args):
     """``fn(*args)`` in a fresh spawned process with glibc's mmap threshold fixed at 128 KiB."""
     ctx = mp.get_context("spawn")
@@ -234,7 +303,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval", type=int, default=32, help="held-out tweets evaluated (0: no evaluation)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--libraries", action="store_true", help="only compare bitsandbytes and torchao on one layer")
     args = parser.parse_args(argv)
+    if args.libraries:
+        rows = _in_child(compare_libraries, args.threads)
+        for row in rows:
+            print(json.dumps(row), flush=True)
+        if args.json is not None:
+            args.json.write_text(json.dumps({"libraries": rows}, indent=2) + "\n")
+        return 0
     settings = {"steps": args.steps, "batch": args.batch, "eval": args.eval, "threads": args.threads}
     rows = []
     for name in args.models:
