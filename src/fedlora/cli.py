@@ -126,6 +126,9 @@ def _first_difference(a: dict, b: dict, prefix: str = "") -> str:
 
 def _run_on_engine(cfg, run_dir: Path, resume: bool, reporter) -> dict:
     """``federation.run`` on the configured engine (``engine = "inprocess" | "flower-sim"``)."""
+    from fedlora.setup import check_precisions
+
+    check_precisions(cfg)  # before a simulation starts Ray, and before anything is written
     if cfg.engine == "flower":
         raise FedloraError(
             "engine=flower is a Flower federation: start it with `flwr run flower/ SUPERLINK` (docs/flower.md); "
@@ -258,9 +261,16 @@ def print_plan(result: dict) -> None:
     n = result["made_for"]["num_clients"]
     ks = settings.get("budgets.per_client", [result["made_for"]["rank"]] * n)
     table = Table(title="fedlora plan", show_lines=False)
-    for column in ("client", "a_i", "ρ_i", "tokens/round", "k_i", "q_i", "t_i (s)"):
+    memory = result.get("memory")
+    columns = ["client", "a_i", "ρ_i", "tokens/round", "k_i", "q_i", "t_i (s)"]
+    columns += ["memory MB", "precision", "max rank", "step MB"] if memory else []
+    for column in columns:
         table.add_column(column, justify="right")
     for i in range(n):
+        extra = []
+        if memory:
+            extra = [f"{memory['caps_mb'][i]:.0f}", memory["precision"][i], str(memory["max_rank"][i])]
+            extra.append(f"{memory['footprint_mb'][i]:.0f}")
         table.add_row(
             str(i),
             f"{pilot['weights'][i]:.3f}",
@@ -269,6 +279,7 @@ def print_plan(result: dict) -> None:
             str(ks[i]),
             f"{settings['sampling.probs'][i]:.3f}",
             f"{pred['client_s'][i]:.2f}",
+            *extra,
         )
     console.print(table)
     base = pred["baseline"]

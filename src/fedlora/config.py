@@ -316,6 +316,16 @@ class FleetConfig(_Section):
     """Uplink transmit power in dBm (network.uplink = "wireless"; 20 dBm = 100 mW)."""
     max_rank: int | list[int] | Draw | None = None
     """Memory cap: the largest rank the client can train (budgets and plans must respect it); unset = lora.rank."""
+    memory_mb: PerClient | None = None
+    """Memory the client has for training, in MB (peak resident memory of its process). ``fedlora plan`` turns it
+    into the client's base precision and largest rank together, from client steps it measures per precision × rank
+    (fedlora.network.memory); the plan records both (fleet.precision, fleet.max_rank). Unset: not used."""
+    precision: Literal["fp32", "bf16", "int8", "nf4"] | list[Literal["fp32", "bf16", "int8", "nf4"]] | None = None
+    """The precision the client holds its frozen base in: "fp32", "bf16", or QLoRA-style "int8" / "nf4" (every
+    linear weight but the output head quantized by bitsandbytes, the rest bf16); its LoRA factors are float32
+    whatever the base, so uploads, aggregation and the exported adapter are unchanged. Unset: model.dtype for
+    every client. A Flower node may declare its own in its node config (``precision``). In-process, clients at
+    another precision than the server's base train on one converted copy per precision (docs/benchmarks.md)."""
 
 
 class NetworkConfig(_Section):
@@ -476,7 +486,7 @@ class RunConfig(_Section):
             raise ValueError(f"budgets.k_max: {k_max} must be in [budgets.k_min, lora.rank={self.lora.rank}]")
         if self.budgets.k_min > self.lora.rank:
             raise ValueError(f"budgets.k_min: {self.budgets.k_min} exceeds lora.rank={self.lora.rank}")
-        for name in ("tokens_per_s", "downlink_mbps", "uplink_mbps", "distance_m", "max_rank"):
+        for name in ("tokens_per_s", "downlink_mbps", "uplink_mbps", "distance_m", "max_rank", "memory_mb"):
             value = getattr(self.fleet, name)
             if isinstance(value, list) and len(value) != n:
                 raise ValueError(f"fleet.{name}: {len(value)} values for partition.num_clients={n}")
@@ -485,6 +495,8 @@ class RunConfig(_Section):
                 raise ValueError(f"fleet.{name}: values must be > 0, got {value}")
             if name in ("tokens_per_s", "downlink_mbps", "uplink_mbps") and any(v < MIN_RATE for v in values):
                 raise ValueError(f"fleet.{name}: rates below {MIN_RATE:g} make simulated times overflow, got {value}")
+        if isinstance(self.fleet.precision, list) and len(self.fleet.precision) != n:
+            raise ValueError(f"fleet.precision: {len(self.fleet.precision)} values for partition.num_clients={n}")
         if isinstance(self.fleet.tx_power_dbm, list) and len(self.fleet.tx_power_dbm) != n:
             raise ValueError(f"fleet.tx_power_dbm: {len(self.fleet.tx_power_dbm)} values for partition.num_clients={n}")
         caps = self.fleet.max_rank
@@ -657,7 +669,7 @@ def validate(data: dict[str, Any]) -> RunConfig:
         raise ConfigError(format_validation_error(err)) from None
 
 
-FLEET_FIELDS = ("tokens_per_s", "downlink_mbps", "uplink_mbps", "distance_m", "tx_power_dbm", "max_rank")
+FLEET_FIELDS = ("tokens_per_s", "downlink_mbps", "uplink_mbps", "distance_m", "tx_power_dbm", "max_rank", "memory_mb")
 
 
 def draw_values(spec: Draw, n: int, seed: int) -> list[float]:

@@ -33,7 +33,7 @@ from fedlora.lora.state import Factors, flatten_factors
 from fedlora.methods import build_method
 from fedlora.methods.base import ClientPlan
 from fedlora.network.sampling import sample_independent, unbiased_weights
-from fedlora.setup import RunSetup, build
+from fedlora.setup import RunSetup, build, check_precisions, client_bases
 from fedlora.validation import UpdateRejected, read_upload
 
 
@@ -257,6 +257,7 @@ def run(
 
     ``engine`` carries the clients' payloads (default: in this process, on the server's model)."""
     reporter = reporter or SilentReporter()
+    check_precisions(config)  # a precision that cannot run here is refused before anything is written
     run_dir.mkdir(parents=True, exist_ok=True)
     if not resume and (run_dir / rundir.CHECKPOINT_DIR).exists():
         raise CheckpointError(f"{run_dir}: already holds a run; use --resume {run_dir} or another --out")
@@ -279,6 +280,7 @@ def run(
             setup.pad_id,
             deadline_s=faults.round_deadline_s,
             fail_fast=faults.fail_fast,
+            bases=client_bases(setup),
         )
     num_examples = [len(examples) for examples in setup.client_examples]
     attach = getattr(engine, "attach_base_history", None)
@@ -425,8 +427,14 @@ def run(
         "seed": config.seed,
         "num_clients": config.partition.num_clients,
         "clients": [
-            {**shard, **profile.summary(), "budget": k}
-            for shard, profile, k in zip(setup.client_summaries, setup.system.profiles, setup.budgets, strict=True)
+            {**shard, **profile.summary(), "budget": k, **({"precision": p} if p else {})}
+            for shard, profile, k, p in zip(
+                setup.client_summaries,
+                setup.system.profiles,
+                setup.budgets,
+                setup.precisions or [None] * len(setup.budgets),
+                strict=True,
+            )
         ],
         "initial_eval": initial_eval,
         "final_eval": {k: v for k, v in final.items() if k.startswith("eval_")},

@@ -32,7 +32,7 @@ from fedlora.methods.base import ClientPlan
 from fedlora.network import planner
 from fedlora.network.system import SystemModel
 from fedlora.network.wireless import channel_gain
-from fedlora.setup import build, rank_caps
+from fedlora.setup import build, client_bases, rank_caps
 
 FACTOR_AVERAGING = ("fslora", "fedit", "ffa")
 FULL_RANK = ("fedit", "ffa")
@@ -146,7 +146,9 @@ def run_pilot(config: RunConfig, work_dir: Path, log: Callable[[str], None] = la
     cap = rank_caps(config)
     setup.budgets = [r] * n if config.method in FULL_RANK else cap
     method = build_method(config, setup)
-    engine = InProcessEngine(setup.model, setup.layers, setup.client_examples, setup.training, setup.pad_id)
+    engine = InProcessEngine(
+        setup.model, setup.layers, setup.client_examples, setup.training, setup.pad_id, bases=client_bases(setup)
+    )
     weights = aggregation_weights(config.weighting, [len(ex) for ex in setup.client_examples])
 
     spreads, tokens, downs, ups = np.zeros(n), np.zeros(n), [], []
@@ -298,10 +300,57 @@ def simulated_round_s(
     return total / draws
 
 
-def make_plan(config: RunConfig, config_path: str, work_dir: Path, log: Callable[[str], None] = lambda _: None) -> dict:
-    """Pilot, search and policy choice; returns the plan file's content (TOML-ready)."""
-    from fedlora.setup import system_model
+def memory_plan(config: RunConfig, log: Callable[[str], None] = lambda _: None) -> tuple[RunConfig, dict | None]:
+    """With ``fleet.memory_mb``: measure one client step per precision × rank (``fedlora.client.footprint``), choose
+    each client's precision and largest rank together (``fedlora.network.memory.choose``), and return the config
+    with them applied (fleet.precision, fleet.max_rank, never above a max_rank the config already had) and the
+    plan's [memory] table. Without it: the config as it is and None."""
+    from fedlora.client.footprint import footprints
+    from fedlora.config import validate
+    from fedlora.models import resolve_device
+    from fedlora.models.precision import PRECISIONS, runnable
+    from fedlora.network import memory
+    from fedlora.setup import merges_into_base, per_client, server_precision
 
+    if config.fleet.memory_mb is None:
+        return config, None
+    n, r = config.partition.num_clients, config.lora.rank
+    device = str(resolve_device(config.model.device))
+    if merges_into_base(config):  # the base takes merges only at the server's precision (setup.check_precisions)
+        precisions = [server_precision(config)]
+    else:
+        precisions = [p for p in PRECISIONS if runnable(p, device) is None]
+    k_min = r if config.method in FULL_RANK else config.budgets.k_min
+    ranks = sorted({k_min, max(k_min, r // 2), r})
+    log(f"memory: measuring one client step at ranks {ranks} with the base in {', '.join(precisions)}")
+    measured = footprints(config, precisions, ranks)
+    for precision, peaks in measured.items():
+        log(f"memory: {precision}: " + ", ".join(f"rank {k} {mb:.0f} MB" for k, mb in sorted(peaks.items())))
+    caps = [float(c) for c in per_client(config.fleet.memory_mb, n)]
+    choices = memory.choose(caps, measured, k_min, r)
+    max_rank = [min(c.max_rank, cap) for c, cap in zip(choices, rank_caps(config), strict=True)]
+    data = config.model_dump(mode="json", exclude_none=True)
+    data["fleet"].update(precision=[c.precision for c in choices], max_rank=max_rank)
+    data.get("budgets", {}).pop("per_client", None)  # the plan chooses the budgets within the new caps
+    table = {
+        "caps_mb": caps,
+        "ranks": ranks,
+        "footprints_mb": {p: {str(k): round(mb, 1) for k, mb in sorted(ks.items())} for p, ks in measured.items()},
+        "precision": [c.precision for c in choices],
+        "max_rank": max_rank,
+        "footprint_mb": [round(c.footprint_mb, 1) for c in choices],
+        "rule": "per client: the precision allowing the largest rank within its cap, then the most faithful base",
+    }
+    return validate(data), table
+
+
+def make_plan(config: RunConfig, config_path: str, work_dir: Path, log: Callable[[str], None] = lambda _: None) -> dict:
+    """Pilot, search and policy choice; returns the plan file's content (TOML-ready). With ``fleet.memory_mb`` each
+    client's precision and largest rank are chosen first (:func:`memory_plan`) and the pilot runs with them."""
+    from fedlora.setup import check_precisions, system_model
+
+    config, memory_table = memory_plan(config, log)
+    check_precisions(config)
     system = system_model(config)
     probe = fleet_model(config, system, _placeholder_pilot(config))
     try:
@@ -338,6 +387,10 @@ def make_plan(config: RunConfig, config_path: str, work_dir: Path, log: Callable
         settings["budgets.per_client"] = [int(x) for x in chosen.k]
     if system.uplink == "wireless":
         settings["network.allocation"] = policy
+    if memory_table is not None:
+        settings["fleet.precision"] = memory_table["precision"]
+        settings["fleet.max_rank"] = memory_table["max_rank"]
+    extra = {"memory": memory_table} if memory_table is not None else {}
     return {
         "made_for": {"config": str(config_path), "num_clients": n, "method": config.method, "rank": r},
         "settings": settings,
@@ -356,6 +409,7 @@ def make_plan(config: RunConfig, config_path: str, work_dir: Path, log: Callable
             "client_s": chosen.client_s,
         },
         "pilot": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(pilot).items()},
+        **extra,
     }
 
 

@@ -18,6 +18,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from fedlora import rundir, seeding
 from fedlora.budgets import draw_budgets
+from fedlora.client.bases import ClientBases
 from fedlora.client.train import LocalTraining
 from fedlora.config import RunConfig
 from fedlora.data import (
@@ -47,6 +48,7 @@ from fedlora.models import (
     tiny_random_bert,
     tiny_random_llama,
 )
+from fedlora.models.precision import check_runnable, dtype_precision
 from fedlora.network.system import ClientProfile, SystemModel, dbm_to_w
 from fedlora.network.wireless import Channel
 
@@ -80,6 +82,8 @@ class RunSetup:
     system: SystemModel
     training: LocalTraining
     pad_id: int
+    precisions: list[str] | None = None
+    """Each client's base precision (``fleet.precision``); None: every client trains on ``model`` as it is."""
 
 
 # ------------------------------------------------------------------------------------------------ model
@@ -347,6 +351,54 @@ def client_profiles(config: RunConfig) -> list[ClientProfile]:
     return profiles
 
 
+def server_precision(config: RunConfig) -> str:
+    """The precision of the server's base (model.dtype on model.device): "fp32", "bf16" or "fp16"."""
+    return dtype_precision(resolve_dtype(config.model.dtype, resolve_device(config.model.device)))
+
+
+def client_precisions(config: RunConfig) -> list[str]:
+    """Each client's base precision: fleet.precision, else the server base's."""
+    n, value = config.partition.num_clients, config.fleet.precision
+    return per_client(value, n) if value is not None else [server_precision(config)] * n
+
+
+def merges_into_base(config: RunConfig) -> bool:
+    """Whether the method folds each round's global update into the frozen base (FLoRA; FLoRIST v1)."""
+    return config.method == "flora" or (config.method == "florist" and config.florist.handoff == "merge")
+
+
+def check_precisions(config: RunConfig, precisions: list[str] | None = None) -> None:
+    """Refuse, before anything runs or is written, a client precision this machine cannot train on (ConfigError,
+    one line naming the client and the setting), or a merge-into-base method on a fleet whose clients would not
+    all hold the server's base (a quantized base cannot absorb a merge exactly, and in-process copies are taken
+    of the original base). ``precisions``: the clients' (default: from the config)."""
+    if config.fleet.precision is None and precisions is None:
+        return
+    precisions = client_precisions(config) if precisions is None else precisions
+    check_runnable(precisions, resolve_device(config.model.device))
+    server = server_precision(config)
+    if merges_into_base(config):
+        odd = [i for i, p in enumerate(precisions) if p != server]
+        if odd:
+            i = odd[0]
+            raise ConfigError(
+                f"fleet.precision: client {i} holds its base in {precisions[i]} but {config.method} merges every "
+                f"round's update into the base, which only works on the server's {server} base; give every client "
+                f'{server}, or use a method that keeps the base frozen (florist.handoff = "pad", fslora, fedit, ffa, '
+                "flexlora, hetlora)"
+            )
+
+
+def client_bases(setup: RunSetup) -> ClientBases | None:
+    """The in-process clients' bases by precision (None when every client trains on the server's model)."""
+    if setup.precisions is None:
+        return None
+    server = dtype_precision(next(setup.model.parameters()).dtype)
+    if all(p == server for p in setup.precisions):
+        return None
+    return ClientBases(setup.model, setup.layers, server, setup.precisions)
+
+
 def system_model(config: RunConfig) -> SystemModel:
     net = config.network
     return SystemModel(
@@ -419,4 +471,5 @@ def build(config: RunConfig, run_dir: Path, resume: bool) -> RunSetup:
         system=system_model(config),
         training=local_training(config),
         pad_id=pad_token_id(tokenizer),
+        precisions=client_precisions(config) if config.fleet.precision is not None else None,
     )

@@ -1,7 +1,8 @@
 """The default engine: every sampled client runs in this process, one after another, on ONE base model.
 
 Only adapters are swapped between clients, so memory is one model plus one client's adapter and optimizer
-state, whatever the number of clients.
+state, whatever the number of clients. With ``fleet.precision`` clients at another precision than the server's
+base train on one converted copy per precision (``fedlora.client.bases``).
 
 Faults: a client that raises becomes a ``ClientFailure`` (its traceback goes to the "fedlora" logger at
 DEBUG), unless ``fail_fast`` (then the exception propagates, traceback and all). Clients run one after another
@@ -19,6 +20,7 @@ from collections.abc import Callable, Iterator, Mapping
 from torch import nn
 
 from fedlora.client.app import run_client
+from fedlora.client.bases import ClientBases
 from fedlora.client.train import LocalTraining
 from fedlora.engines.base import ClientFailure
 from fedlora.lora.layer import LoRALinear
@@ -45,6 +47,7 @@ class InProcessEngine:
         deadline_s: float | None = None,
         fail_fast: bool = False,
         clock: Callable[[], float] = time.perf_counter,
+        bases: ClientBases | None = None,
     ) -> None:
         self.model = model
         self.layers = layers
@@ -55,6 +58,8 @@ class InProcessEngine:
         self.fail_fast = fail_fast
         self.clock = clock
         """Seconds (monotonic); tests pass a fake clock to make a client "hang" deterministically."""
+        self.bases = bases
+        """Per-client base precision (``fleet.precision``); None: every client trains on ``model``."""
 
     def run_clients(self, jobs: list[tuple[int, bytes]]) -> Iterator[bytes | ClientFailure]:
         """One client after another (lazily, so progress can be reported as each finishes)."""
@@ -76,7 +81,6 @@ class InProcessEngine:
         return upload
 
     def run_client(self, client_id: int, download: bytes) -> bytes:
-        """Run one client's round on its own shard; returns its upload blob."""
-        return run_client(
-            self.model, self.layers, download, self.client_examples[client_id], self.training, self.pad_id
-        )
+        """Run one client's round on its own shard, on the base at its precision; returns its upload blob."""
+        model, layers = (self.model, self.layers) if self.bases is None else self.bases.for_client(client_id)
+        return run_client(model, layers, download, self.client_examples[client_id], self.training, self.pad_id)

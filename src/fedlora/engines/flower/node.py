@@ -15,7 +15,8 @@ ClientApp process for every message; a process that serves several messages (a s
 keeps its model, at the base version it last reached, and only merges what is new.
 
 Optional node config keys: ``device`` (e.g. "cuda:0"; default: the run's model.device), ``threads`` (torch
-threads), ``cache-dir`` (default: fedlora's cache folder, ``$FEDLORA_CACHE``).
+threads), ``cache-dir`` (default: fedlora's cache folder, ``$FEDLORA_CACHE``), ``precision`` (the node's base
+precision, "fp32" | "bf16" | "int8" | "nf4": replaces the run's fleet.precision for this client).
 """
 
 from __future__ import annotations
@@ -42,11 +43,22 @@ _RUNTIME: _Runtime | None = None
 # ------------------------------------------------------------------------------------------- building
 
 
-def client_base_model(config, device: str | None = None):
+def client_base_model(config, device: str | None = None, precision: str | None = None):
     """(model, tokenizer, fingerprint): the run's ORIGINAL base model, as the server's ``setup.load_model``
     builds it, without writing anything. A random tiny base is rebuilt from the run seed (bit for bit the one
     the server saved to DIR/base); ``fingerprint`` is a hash of its weights (empty for named models). An encoder
-    comes as the same EncoderClassifier (fixed label head) the server builds."""
+    comes as the same EncoderClassifier (fixed label head) the server builds. ``precision``: the client's base
+    precision (``fleet.precision``), converted from that base as the in-process engine converts its copies."""
+    model, tokenizer, fingerprint = _original_base(config, device)
+    if precision is not None:
+        from fedlora.models.precision import convert_base, dtype_precision
+
+        if precision != dtype_precision(next(model.parameters()).dtype):
+            model = convert_base(model, precision)
+    return model, tokenizer, fingerprint
+
+
+def _original_base(config, device: str | None):
     from fedlora.models import TINY_BERT, load_base_model, resolve_device, resolve_dtype
     from fedlora.setup import TINY, encoder_base, is_encoder_run, tiny_base, tiny_bert_base
 
@@ -128,7 +140,7 @@ def build_client(config, client_id: int, device: str | None = None) -> ClientSet
     from fedlora.lora.layer import inject_lora
     from fedlora.setup import local_training, pad_token_id
 
-    model, tokenizer, fingerprint = client_base_model(config, device)
+    model, tokenizer, fingerprint = client_base_model(config, device, client_precision(config, client_id))
     layers = inject_lora(model, config.model.target_modules, config.lora.dropout)
     examples = encode_shard(config, tokenizer, load_shards(config), client_id)
     return ClientSetup(model, tokenizer, layers, examples, local_training(config), pad_token_id(tokenizer), fingerprint)
@@ -137,11 +149,20 @@ def build_client(config, client_id: int, device: str | None = None) -> ClientSet
 # ---------------------------------------------------------------------------------------------- runtime
 
 
+def client_precision(config, client_id: int) -> str | None:
+    """The client's base precision from the run's fleet.precision (None: the base as loaded, model.dtype)."""
+    value = config.fleet.precision
+    if value is None:
+        return None
+    return value[client_id] if isinstance(value, list) else value
+
+
 @dataclass
 class _Runtime:
     key: str
     config: object
     device: str | None
+    precision: str | None = None
     model: object = None
     tokenizer: object = None
     layers: dict = field(default_factory=dict)
@@ -157,7 +178,7 @@ class _Runtime:
         from fedlora.lora.layer import inject_lora
         from fedlora.setup import pad_token_id
 
-        self.model, self.tokenizer, self.fingerprint = client_base_model(self.config, self.device)
+        self.model, self.tokenizer, self.fingerprint = client_base_model(self.config, self.device, self.precision)
         self.layers = inject_lora(self.model, self.config.model.target_modules, self.config.lora.dropout)
         self.pad_id = pad_token_id(self.tokenizer)
         self.base_version = 0
@@ -183,20 +204,20 @@ class _Runtime:
         return examples
 
 
-def runtime(config_text: str, device: str | None, session: str) -> _Runtime:
-    """This process's client runtime for ``config_text`` in fedlora run ``session`` (built on first use, then
-    reused by the messages of the same run)."""
+def runtime(config_text: str, device: str | None, session: str, precision: str | None = None) -> _Runtime:
+    """This process's client runtime for ``config_text`` in fedlora run ``session`` with its base at ``precision``
+    (built on first use, then reused by the messages of the same run and precision)."""
     global _RUNTIME
     from fedlora.config import RunConfig
     from fedlora.setup import local_training, quiet_libraries
 
-    key = hashlib.sha256(f"{session}\n{device}\n{config_text}".encode()).hexdigest()
+    key = hashlib.sha256(f"{session}\n{device}\n{precision}\n{config_text}".encode()).hexdigest()
     if _RUNTIME is None or _RUNTIME.key != key:
         import tomllib
 
         quiet_libraries()
         config = RunConfig.model_validate(tomllib.loads(config_text))
-        rt = _Runtime(key=key, config=config, device=device, training=local_training(config))
+        rt = _Runtime(key=key, config=config, device=device, precision=precision, training=local_training(config))
         rt.load_model()
         _RUNTIME = rt
     return _RUNTIME
@@ -282,6 +303,27 @@ def _device(context: Context) -> str | None:
     return str(device) if device else None
 
 
+def node_precision(context: Context, config, cid: int) -> str | None:
+    """The client's base precision: what the node declares (node config ``precision``: it knows its memory), else
+    the run's fleet.precision. A declared precision this node cannot run, or one a merge-into-base method cannot
+    use, is refused in one line naming the client and the setting."""
+    declared = context.node_config.get("precision")
+    if not declared:
+        return client_precision(config, cid)
+    from fedlora.models import resolve_device
+    from fedlora.models.precision import runnable
+    from fedlora.setup import merges_into_base, server_precision
+
+    precision, setting = str(declared), f"flower: client {cid}: node config precision={declared!r}"
+    why = runnable(precision, str(resolve_device(_device(context) or config.model.device)))
+    if why is not None:
+        raise FedloraError(f"{setting} cannot run on this node: {why}")
+    if merges_into_base(config) and precision != server_precision(config):
+        raise FedloraError(f"{setting}: {config.method} merges every round's update into the base, which must be "
+                           f"held as the server's ({server_precision(config)})")  # fmt: skip
+    return precision
+
+
 def handle_hello(message: Message, context: Context) -> Message:
     """Check that this node can be the client its partition-id names and keep the run's settings.
 
@@ -298,6 +340,7 @@ def handle_hello(message: Message, context: Context) -> Message:
     config_text = str(hello["config"])
     config = RunConfig.model_validate(tomllib.loads(config_text))
     cid = partition_id(context, config.partition.num_clients)
+    precision = node_precision(context, config, cid)
     context.state[wire.FEDLORA] = ConfigRecord(
         {
             "config": config_text,
@@ -305,9 +348,10 @@ def handle_hello(message: Message, context: Context) -> Message:
             "base_fingerprint": str(hello.get("base_fingerprint", "")),
             "threads": int(hello.get("threads", 0)),
             "client": cid,
+            "precision": precision or "",
         }
     )
-    reply = ConfigRecord({"partition_id": cid, "fedlora_version": __version__})
+    reply = ConfigRecord({"partition_id": cid, "fedlora_version": __version__, "precision": precision or ""})
     return Message(RecordDict({wire.FEDLORA: reply}), reply_to=message)
 
 
@@ -332,7 +376,7 @@ def handle_train(message: Message, context: Context) -> Message:
             f"flower: client {cid}: train message of fedlora run {meta['session']}, node is in {session}"
         )
     _threads(context, int(state["threads"]))
-    rt = runtime(str(state["config"]), _device(context), session)
+    rt = runtime(str(state["config"]), _device(context), session, str(state["precision"]) or None)
     expected = str(state["base_fingerprint"])
     if expected and rt.fingerprint != expected:
         raise FedloraError(
