@@ -68,7 +68,7 @@ def measure(config, precision: str, ranks: list[int]) -> dict[int, float]:
     peaks = {}
     for k in sorted(ranks):
         factors = {n: (torch.randn(B.shape, generator=g) * 1e-3, A) for n, (B, A) in init_factors(shapes, k, g).items()}
-        install_adapter(layers, factors, config.lora.alpha / k)
+        install_adapter(layers, factors, config.scale_rule(k))
         train_adapter(model, examples, training, pad_token_id(tokenizer), seed=0)
         peaks[k] = _status_kb("VmHWM") / 1024
     return peaks
