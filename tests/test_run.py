@@ -102,7 +102,7 @@ def test_exported_adapter_gives_fedlora_logits(fslora_run):
     factors = unflatten_factors(tensors, prefix="global.")
     for name, layer in layers.items():
         B, A = factors[name]
-        layer.set_adapter(B, A, config.lora.alpha / config.lora.rank)
+        layer.set_adapter(B, A, config.scale_rule(config.lora.rank))
     with torch.no_grad():
         our_logits = ours(input_ids=ids).logits
     assert (our_logits - peft_logits).abs().max() <= 1e-5
