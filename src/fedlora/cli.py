@@ -52,6 +52,10 @@ class RichReporter:
             parts.append(f"eval_loss {record['eval_loss']:.4f}")
         if "eval_accuracy" in record:
             parts.append(f"eval_accuracy {record['eval_accuracy']:.3f}")
+        if "fed_eval_loss" in record:
+            parts.append(f"federated eval_loss {record['fed_eval_loss']:.4f}")
+        if "fed_eval_accuracy" in record:
+            parts.append(f"federated eval_accuracy {record['fed_eval_accuracy']:.3f}")
         parts += [
             f"↓ {record['bytes_down'] / 1e6:.2f} MB",
             f"↑ {record['bytes_up'] / 1e6:.2f} MB",
@@ -206,9 +210,10 @@ def run(
             tensorboard.close()
     before = summary.get("initial_eval") or {}
     after = summary.get("final_eval") or {}
-    if "eval_accuracy" in after:
-        start = f"before {before['eval_accuracy']:.3f} → " if "eval_accuracy" in before else ""
-        console.print(f"[bold]held-out accuracy: {start}after {after['eval_accuracy']:.3f}[/]")
+    for key, what in (("eval_accuracy", "held-out accuracy"), ("fed_eval_accuracy", "federated accuracy")):
+        if key in after:
+            start = f"before {before[key]:.3f} → " if key in before else ""
+            console.print(f"[bold]{what}: {start}after {after[key]:.3f}[/]")
     console.print(f"outputs in {run_dir}")
 
 
