@@ -21,6 +21,13 @@ from fedlora import federation
 from fedlora.config import load_config
 from fedlora.errors import ConfigError, DataError
 
+pytest.importorskip("flwr")
+
+import test_flower  # noqa: E402
+
+fedlora_cache = test_flower.fedlora_cache
+"""The fixture of tests/test_flower.py: the nodes' private fedlora cache and a private Flower home."""
+
 LABELS = ["negative", "neutral", "positive"]
 SIZES = (20, 25, 35)
 """Rows of the three clients' files (unequal, so count weighting differs from uniform)."""
@@ -189,3 +196,79 @@ def test_nodes_scheme_needs_a_federation(client_files, tmp_path):
     with pytest.raises(ConfigError, match=r"node config data=PATH"):
         federation.run(config, tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+# ------------------------------------------------------------------------------------------- deployment
+
+
+def nodes_config(folder: Path) -> Path:
+    """The server's config of a federation whose nodes hold their own data: it names no file and no source."""
+    path = files_config(folder, ["unused"])
+    text = path.read_text().replace('scheme = "files"\nfiles = ["unused"]', 'scheme = "nodes"\nnum_clients = 3')
+    path.write_text(text)
+    return path
+
+
+def _flwr_run(procs, env, work: Path, name: str, run_config: str, timeout: float = 600):
+    """`flwr run flower/ loopback --stream --run-config ...`; (exit status, its output)."""
+    from test_flower import APP, BIN
+
+    log = work / f"flwr-run-{name}.log"
+    command = [str(BIN / "flwr"), "run", str(APP), "loopback", "--stream", "--run-config", run_config]
+    proc = procs.start(command, log, env, work)
+    status = proc.wait(timeout=timeout)
+    return status, log.read_text()
+
+
+DEPLOYED = ("fslora", "florist", "hetlora")
+
+
+def test_nodes_with_their_own_files_train_as_the_in_process_twin(tmp_path, fedlora_cache):
+    """Three SuperNodes, each started with its own JSONL in its own folder (node 2 also declares max-rank=4); the
+    server's config names no data at all (federated evaluation only). Two rounds each of FSLoRA, FLoRIST and
+    HetLoRA through `flwr run`: the adapter (allclose 1e-6), bytes, ranks and the clients' evaluations equal the
+    in-process run with partition.scheme = "files" over the same files (and the declared cap)."""
+    from test_flower import _assert_same_run, _federation
+
+    files = write_client_files(tmp_path / "node-data")
+    server = tmp_path / "server"
+    server.mkdir()
+    config_path = nodes_config(server)
+    node_config = {cid: f'data="{path}"' for cid, path in enumerate(files)}
+    node_config[2] += " max-rank=4"
+    twin_config = files_config(tmp_path / "node-data", [str(p) for p in files])
+    with _federation(tmp_path, fedlora_cache, node_config=node_config) as (env, procs):
+        for method in DEPLOYED:
+            out = tmp_path / "runs" / method
+            run_config = f'config="{config_path}" out="{out}" overrides="method={method}"'
+            status, shown = _flwr_run(procs, env, tmp_path, method, run_config)
+            assert status == 0 and (out / "summary.json").is_file(), shown[-3000:]
+            assert "[fedlora] round 2 done" in shown
+            twin = tmp_path / "inprocess" / method
+            overrides = [f"method={method}", "fleet.max_rank=[8, 8, 4]", "budgets.per_client=[2, 4, 4]"]
+            federation.run(load_config(twin_config, overrides), twin)
+            _assert_same_run(out, twin)
+            resolved = load_config(out / "config.resolved.toml")
+            assert resolved.fleet.max_rank == [8, 8, 4] and resolved.budgets.per_client == [2, 4, 4]
+            for deployed, reference in zip(records(out), records(twin), strict=True):
+                assert "eval_loss" not in deployed  # the server has no data to evaluate on
+                ranks = dict(zip(deployed["participants"], deployed["ranks"], strict=True))
+                assert ranks.get(2, 0) <= 4
+                for ours, theirs in zip(deployed["client_eval"], reference["client_eval"], strict=True):
+                    assert ours["client"] == theirs["client"] and ours["n"] == theirs["n"]
+                    assert ours["eval_loss"] == pytest.approx(theirs["eval_loss"], abs=1e-5)
+                    assert ours["eval_accuracy"] == theirs["eval_accuracy"]
+                assert deployed["fed_eval_loss"] == pytest.approx(reference["fed_eval_loss"], abs=1e-5)
+            summary = json.loads((out / "summary.json").read_text())
+            held = [round(0.2 * n) for n in SIZES]
+            assert [c["size"] for c in summary["clients"]] == [n - h for n, h in zip(SIZES, held, strict=True)]
+            assert [c["eval_size"] for c in summary["clients"]] == held
+            assert summary["clients"][2]["declared"] == {"max_rank": 4}
+            assert [c["n"] for c in summary["initial_client_eval"]] == held
+            nodes = json.loads((out / "nodes.json").read_text())
+            assert [nodes["clients"][str(c)]["num_examples"] for c in range(3)] == [
+                c["size"] for c in summary["clients"]
+            ]
+    assert any(2 in r["participants"] for m in DEPLOYED for r in records(tmp_path / "runs" / m))
+    node_log = (tmp_path / "supernode-1.log").read_text()
+    assert "client 1: 20 training and 5 held-out examples" in node_log

@@ -322,6 +322,9 @@ def run(
     setup = build(config, run_dir, resume)
     if checkpoint is not None:  # once model and data have loaded (a failed resume leaves the folder as it was)
         rundir.write_config(run_dir, dump_config(config))  # e.g. more rounds
+    describe_nodes = getattr(engine, "describe_nodes", None)
+    if describe_nodes is not None:  # a federation: which node runs each client, what it reported or refused
+        rundir.write_json(run_dir / "nodes.json", describe_nodes())
     method = build_method(config, setup)
     faults = config.faults
     if engine is None:

@@ -39,6 +39,13 @@ def train(message: Message, context: Context) -> Message:
     return _plainly(lambda: handle_train(message, context))
 
 
+@client_app.evaluate()
+def evaluate(message: Message, context: Context) -> Message:
+    from fedlora.engines.flower.node import handle_evaluate
+
+    return _plainly(lambda: handle_evaluate(message, context))
+
+
 @client_app.query("finish")
 def finish(message: Message, context: Context) -> Message:
     from fedlora.engines.flower.node import handle_finish
