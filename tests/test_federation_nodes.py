@@ -272,3 +272,171 @@ def test_nodes_with_their_own_files_train_as_the_in_process_twin(tmp_path, fedlo
     assert any(2 in r["participants"] for m in DEPLOYED for r in records(tmp_path / "runs" / m))
     node_log = (tmp_path / "supernode-1.log").read_text()
     assert "client 1: 20 training and 5 held-out examples" in node_log
+
+
+def test_a_node_whose_data_does_not_fit_is_refused_before_round_1(tmp_path, fedlora_cache):
+    """Node 2's file holds a label the run does not know: at hello it refuses the run with one line naming the
+    node, the file, the column and the label (in its own log, and to the server). With faults.min_successful = 1
+    the run goes on without it (its rounds record the refusal); when every client is needed the run stops with
+    that line before writing anything, and the folder it was given keeps what it held."""
+    from test_flower import _federation
+
+    files = write_client_files(tmp_path / "node-data")
+    with files[2].open("a") as f:
+        f.write(json.dumps({"text": "what a day", "label": "furious"}) + "\n")
+    server = tmp_path / "server"
+    server.mkdir()
+    config_path = nodes_config(server)
+    node_config = {cid: f'data="{path}"' for cid, path in enumerate(files)}
+    with _federation(tmp_path, fedlora_cache, node_config=node_config) as (env, procs):
+        out = tmp_path / "runs" / "goes-on"
+        status, shown = _flwr_run(procs, env, tmp_path, "goes-on", f'config="{config_path}" out="{out}"')
+        assert status == 0 and (out / "summary.json").is_file(), shown[-3000:]
+        stopped = tmp_path / "runs" / "stops"
+        stopped.mkdir()
+        (stopped / "notes.txt").write_text("kept")
+        overrides = "sampling.clients_per_round=3 faults.min_successful=3"
+        run_config = f'config="{config_path}" out="{stopped}" overrides="{overrides}"'
+        _, stop_shown = _flwr_run(procs, env, tmp_path, "stops", run_config)
+    refusal = [line for line in shown.splitlines() if "refused the run" in line]
+    assert len(refusal) == 1, shown[-3000:]
+    line = refusal[0].removeprefix("[fedlora] flower: ")
+    assert line.startswith("Flower node ") and "(partition-id 2) refused the run: node data " in line
+    assert f"{files[2]}: column 'label' has value(s) 'furious' not in the template's labels" in line
+    assert "client 2: refused the run: node data" in (tmp_path / "supernode-2.log").read_text()
+    rounds = records(out)
+    assert any(2 in r["participants"] for r in rounds)
+    for r in rounds:
+        failed = {f["client"]: f["reason"] for f in r["failures"]}
+        assert set(failed) == ({2} if 2 in r["participants"] else set()) and 2 not in r["successful"]
+        assert all(reason == f"refused the run at connect: {line}" for reason in failed.values())
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["clients"][2]["refused"] == line and summary["clients"][2]["size"] == 0
+    assert json.loads((out / "nodes.json").read_text())["refused"] == {"2": line}
+    errors = [x for x in stop_shown.splitlines() if x.startswith("[fedlora] error: ")]
+    assert errors == [f"[fedlora] error: flower: {line}; 2 client(s) left, fewer than faults.min_successful=3"]
+    assert "TypeError" not in stop_shown
+    assert sorted(p.name for p in stopped.iterdir()) == ["notes.txt"]  # nothing written, nothing lost
+
+
+# ------------------------------------------------------------------------------------- killed nodes
+
+
+def _wait_for(path: Path, text: str, proc, timeout: float = 600) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.is_file() and text in path.read_text():
+            return
+        assert proc.poll() is None, path.read_text()[-3000:]
+        time.sleep(0.5)
+    raise AssertionError(f"no {text!r} in {path} after {timeout} s")
+
+
+def _kill(proc) -> None:
+    """SIGKILL a process and its descendants (a node that dies without a word)."""
+    import os
+    import signal
+
+    from test_flower import _descendants
+
+    for pid in [proc.pid, *_descendants(proc.pid)]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait(timeout=30)
+
+
+def test_a_killed_node_is_recorded_with_the_superlinks_reason(tmp_path, fedlora_cache):
+    """A SuperNode SIGKILLed after round 1: the SuperLink answers its messages with "Node Unavailable" (from node
+    0, naming the message it answers); the rounds record that reason, not a timeout. Then, with
+    faults.fail_fast, a fresh node 2 killed the same way stops the run with one fedlora line (no TypeError)."""
+    import tomllib
+
+    from test_flower import APP, BIN, _federation, _free_port
+
+    overrides = "rounds=3 sampling.clients_per_round=3 eval.before=false eval.every=3"
+    with _federation(tmp_path, fedlora_cache) as (env, procs):
+        link = tomllib.loads((tmp_path / "flwr-home" / "config.toml").read_text())["superlink"]["loopback"]["address"]
+        command = [str(BIN / "flwr"), "run", str(APP), "loopback", "--stream", "--run-config"]
+        out = tmp_path / "runs" / "tolerant"
+        log = tmp_path / "flwr-run-tolerant.log"
+        run = procs.start([*command, f'out="{out}" overrides="{overrides}"'], log, env, tmp_path)
+        _wait_for(log, "[fedlora] round 1 done", run)
+        _kill(procs.started[3])  # the SuperNode of client 2 (after the SuperLink and nodes 0, 1)
+        assert run.wait(timeout=600) == 0, log.read_text()[-3000:]
+        later = records(out)[1:]
+        assert [r["round"] for r in later] == [2, 3]
+        for r in later:
+            assert [f["client"] for f in r["failures"]] == [2] and r["successful"] == [0, 1]
+            reason = r["failures"][0]["reason"]
+            assert "Node Unavailable" in reason and "timeout" not in reason, reason
+
+        node_config = f'partition-id=2 cache-dir="{tmp_path / "node-2b"}"'
+        args = [str(BIN / "flower-supernode"), "--superlink", link, "--port", str(_free_port()), "--insecure"]
+        fresh = procs.start([*args, "--node-config", node_config], tmp_path / "supernode-2b.log", env, tmp_path)
+        out = tmp_path / "runs" / "fail-fast"
+        log = tmp_path / "flwr-run-fail-fast.log"
+        run = procs.start([*command, f'out="{out}" overrides="{overrides} faults.fail_fast=true"'], log, env, tmp_path)
+        _wait_for(log, "[fedlora] round 1 done", run)
+        _kill(fresh)
+        run.wait(timeout=600)  # Flower 1.41's `flwr run --stream` exits 0 even when the ServerApp failed
+        shown = log.read_text()
+    errors = [line for line in shown.splitlines() if line.startswith("[fedlora] error: ")]
+    assert len(errors) == 1, shown[-3000:]
+    assert errors[0].startswith("[fedlora] error: client 2 failed in round 2: ") or "client 2 (Flower node" in errors[0]
+    assert "Node Unavailable" in errors[0] and "TypeError" not in shown
+    assert [r["round"] for r in records(out)] == [1] and not (out / "summary.json").exists()
+
+
+def test_plan_takes_the_profiles_a_deployed_fleet_reported(client_files, tmp_path):
+    """`fedlora plan CONFIG --profiles RUN_DIR`: what the nodes declared (RUN_DIR/nodes.json) replaces [fleet]; the
+    plan respects a node's rank cap and carries the reported fleet in its settings."""
+    import tomllib
+
+    from typer.testing import CliRunner
+
+    from fedlora.cli import app
+
+    run_dir = tmp_path / "deployed"
+    run_dir.mkdir()
+    declared = {
+        "0": {"node": 11, "num_examples": 16},
+        "2": {"node": 13, "declared": {"max_rank": 3, "tokens_per_s": 1234.0}},
+    }
+    (run_dir / "nodes.json").write_text(json.dumps({"clients": declared, "refused": {}}))
+    files = [f"client-{cid}/local.jsonl" for cid in range(3)]
+    config = files_config(client_files, files)
+    plan = tmp_path / "plan.toml"
+    result = CliRunner().invoke(
+        app, ["plan", str(config), "eval.federated=false", "--profiles", str(run_dir), "--out", str(plan)]
+    )
+    assert result.exit_code == 0, result.output
+    settings = tomllib.loads(plan.read_text())["settings"]
+    assert settings["fleet.max_rank"] == [8, 8, 3] and settings["fleet.tokens_per_s"] == [400.0, 400.0, 1234.0]
+    assert settings["budgets.per_client"][2] <= 3
+    bad = CliRunner().invoke(app, ["plan", str(config), "--profiles", str(tmp_path), "--out", str(plan)])
+    assert bad.exit_code != 0 and "nodes.json" in bad.output
+
+
+def test_the_warm_worker_answers_as_the_handler_does(tmp_path):
+    """What the warm worker does with a request: Flower's serialisation of the content and state both ways, the
+    handler's reply content, the state it left, and a handler's error as one line."""
+    from flwr.app import ConfigRecord, RecordDict
+
+    from fedlora.engines.flower import warm, wire
+
+    node_config = {"partition-id": 0, "cache-dir": str(tmp_path)}
+    state = RecordDict({wire.FEDLORA: ConfigRecord({"session": "s1", "client": 0})})
+    (tmp_path / "run-7-s1" / "client-0").mkdir(parents=True)
+    finish = RecordDict({wire.FEDLORA: ConfigRecord({})})
+    request = ("finish", warm._dump(finish), wire.FINISH, node_config, 7, 3, warm._dump(state))
+    status, reply, left = warm._answer(request)
+    assert status == "ok" and warm._load(reply)[wire.FEDLORA]["removed"] is True
+    assert wire.FEDLORA not in warm._load(left) and not (tmp_path / "run-7-s1").exists()
+    train = RecordDict({wire.FEDLORA: ConfigRecord({"client": 0, "session": "s1"})})
+    request = ("train", warm._dump(train), wire.TRAIN, node_config, 7, 3, warm._dump(RecordDict()))
+    status, line, _ = warm._answer(request)
+    assert status == "error" and line.startswith("flower: train message before hello") and "\n" not in line

@@ -717,6 +717,37 @@ def resolve_fleet(config: RunConfig) -> RunConfig:
     return validate(data) if changed else config
 
 
+DECLARABLE = ("tokens_per_s", "downlink_mbps", "uplink_mbps", "max_rank")
+"""The [fleet] fields a client's node may declare (or measure) about itself."""
+
+
+def apply_declared(config: RunConfig, declared: dict[int, dict[str, float]]) -> RunConfig:
+    """``config`` with each client's declared values (client id → {fleet field: value}, fields of ``DECLARABLE``)
+    in place of its [fleet] entry; a declared rank cap also caps that client's budgets.per_client. The result is
+    validated (ConfigError naming the field when it does not fit, e.g. a cap below lora.rank under FedIT)."""
+    if not any(declared.values()):
+        return config
+    n = config.partition.num_clients
+    data = config.model_dump(mode="json", exclude_none=True)
+    fleet = data.setdefault("fleet", {})
+    for name in DECLARABLE:
+        if not any(name in values for values in declared.values()):
+            continue
+        current = getattr(config.fleet, name)
+        if current is None:
+            values = [config.lora.rank] * n
+        else:
+            values = list(current) if isinstance(current, list) else [current] * n
+        for cid, given in declared.items():
+            if name in given:
+                values[cid] = int(given[name]) if name == "max_rank" else float(given[name])
+        fleet[name] = values
+    caps, budgets = fleet.get("max_rank"), data.get("budgets", {}).get("per_client")
+    if caps is not None and budgets is not None:
+        data["budgets"]["per_client"] = [min(int(k), int(cap)) for k, cap in zip(budgets, caps, strict=True)]
+    return validate(data)
+
+
 def apply_plan(data: dict[str, Any], plan_path: str) -> dict[str, Any]:
     """``data`` with the settings of a plan file written by ``fedlora plan`` (its [settings] table) applied."""
     path = Path(plan_path)

@@ -56,11 +56,16 @@ POLL_S = 0.2
 """How often the server asks the SuperLink for replies (Flower 1.41's ``Grid.send_and_receive`` sleeps 3 s)."""
 
 
-def send_and_receive(grid, messages: list[Message], timeout: float | None, poll_s: float = POLL_S) -> list[Message]:
+def send_and_receive(
+    grid, messages: list[Message], timeout: float | None, poll_s: float = POLL_S
+) -> tuple[list[str], list[Message]]:
     """Push ``messages`` and pull their replies until every one has replied or ``timeout`` seconds passed (None:
-    no limit): Flower's ``Grid.send_and_receive`` with a shorter poll. Pushing sets each message's id, which its
-    reply names in ``reply_to_message_id``."""
-    pending = {mid for mid in grid.push_messages(messages) if mid}
+    no limit): Flower's ``Grid.send_and_receive`` with a shorter poll. Returns (each message's id as the grid
+    gave it, "" when it could not be pushed; the replies), a reply naming its message in ``reply_to_message_id``."""
+    pushed = [str(mid) if mid else "" for mid in grid.push_messages(messages)]
+    if len(pushed) != len(messages):  # a grid that leaves failed pushes out of its list (the simulation's)
+        pushed = [str(message.metadata.message_id) for message in messages]
+    pending = {mid for mid in pushed if mid}
     replies: list[Message] = []
     end = None if timeout is None else time.monotonic() + timeout
     while pending:
@@ -70,7 +75,7 @@ def send_and_receive(grid, messages: list[Message], timeout: float | None, poll_
         if not pending or (end is not None and time.monotonic() >= end):
             break
         time.sleep(poll_s if end is None else max(0.0, min(poll_s, end - time.monotonic())))
-    return replies
+    return pushed, replies
 
 
 def waited(timeout: float | None, setting: str) -> str:
@@ -95,9 +100,9 @@ def exchange(
     ``timeout`` runs out; with a ``failures`` dict, records key → one-line reason there instead."""
     if not messages:
         return {}
-    ordered = list(messages.items())
-    replies_in = send_and_receive(grid, [message for _, message in ordered], timeout)
-    by_id = {message.metadata.message_id: key for key, message in ordered}
+    keys = list(messages)
+    pushed, replies_in = send_and_receive(grid, [messages[key] for key in keys], timeout)
+    by_id = {mid: key for mid, key in zip(pushed, keys, strict=True) if mid}
     replies: dict[int, Message] = {}
     for reply in replies_in:
         key = by_id.get(reply.metadata.reply_to_message_id)

@@ -316,9 +316,6 @@ class Refusal(FedloraError):
 def own_data(config, context: Context, cid: int):
     """The node's own data (``fedlora.data.local.ClientData``) under partition.scheme "nodes", else None; raises
     Refusal (one line naming the file and the column or label) when it does not fit the run's template."""
-    from fedlora.errors import DataError
-    from fedlora.setup import client_data, run_template
-
     path = context.node_config.get("data")
     if config.partition.scheme != "nodes":
         if path:
@@ -329,6 +326,9 @@ def own_data(config, context: Context, cid: int):
         return None
     if not path:
         raise Refusal('no data of its own: partition.scheme = "nodes" needs --node-config "data=/path/local.jsonl"')
+    from fedlora.errors import DataError
+    from fedlora.setup import client_data, run_template  # torch and the data libraries: only for a node's own data
+
     eval_path = context.node_config.get("eval-data")
     try:
         return client_data(
@@ -398,7 +398,7 @@ def _say(line: str) -> None:
     print(f"[fedlora node] {line}", file=sys.stderr, flush=True)
 
 
-def handle_hello(message: Message, context: Context) -> Message:
+def handle_hello(message: Message, context: Context) -> RecordDict:
     """Check that this node can be the client its partition-id names and keep the run's settings.
 
     A node holding its own data reads it here, checks it against the run's template and reports its example
@@ -428,7 +428,7 @@ def handle_hello(message: Message, context: Context) -> Message:
     except Refusal as err:
         _say(f"client {cid}: refused the run: {err}")
         refusal = ConfigRecord({"status": wire.STATUS_REFUSED, "partition_id": cid, "reason": str(err)})
-        return Message(RecordDict({wire.FEDLORA: refusal}), reply_to=message)
+        return RecordDict({wire.FEDLORA: refusal})
     context.state[wire.FEDLORA] = ConfigRecord(
         {
             "config": config_text,
@@ -450,10 +450,10 @@ def handle_hello(message: Message, context: Context) -> Message:
         reply["num_examples"] = len(data.train)
         reply["eval_examples"] = len(data.held_out)
         _say(f"client {cid}: {len(data.train)} training and {len(data.held_out)} held-out examples")
-    return Message(RecordDict({wire.FEDLORA: reply}), reply_to=message)
+    return RecordDict({wire.FEDLORA: reply})
 
 
-def handle_train(message: Message, context: Context) -> Message:
+def handle_train(message: Message, context: Context) -> RecordDict:
     """One client round: fold in the base updates, train, reply with the upload blob."""
     from fedlora import payload
     from fedlora.client.app import run_client
@@ -503,7 +503,7 @@ def handle_train(message: Message, context: Context) -> Message:
         missing = [v for v in range(target - 1) if not store.has(v)]
         if missing:  # the server assumed this node holds updates it does not: ask for them
             reply = ConfigRecord({"status": wire.STATUS_NEED_BASE, "base_version": missing[0]})
-            return Message(RecordDict({wire.FEDLORA: reply}), reply_to=message)
+            return RecordDict({wire.FEDLORA: reply})
         store.put(target - 1, sync)
         for version in range(rt.base_version, target - 1):
             merge_update(rt.layers, store.get(version))
@@ -533,7 +533,7 @@ def handle_train(message: Message, context: Context) -> Message:
         }
     )
     content = RecordDict({wire.UPLOAD: wire.blob_record(upload), wire.FEDLORA: reply})
-    return Message(content, reply_to=message)
+    return content
 
 
 def _run_state(message: Message, context: Context) -> tuple[ConfigRecord, int, dict]:
@@ -552,7 +552,7 @@ def _run_state(message: Message, context: Context) -> tuple[ConfigRecord, int, d
     return state, cid, meta
 
 
-def handle_evaluate(message: Message, context: Context) -> Message:
+def handle_evaluate(message: Message, context: Context) -> RecordDict:
     """Federated evaluation: fold in the base updates the node lacks, install the global adapter, evaluate it on
     the node's own held-out split; reply with {n, eval_loss[, eval_accuracy]}."""
     from fedlora import payload
@@ -580,7 +580,7 @@ def handle_evaluate(message: Message, context: Context) -> Message:
     missing = [v for v in range(rt.base_version, target) if not store.has(v)]
     if missing:
         reply = ConfigRecord({"status": wire.STATUS_NEED_BASE, "base_version": missing[0]})
-        return Message(RecordDict({wire.FEDLORA: reply}), reply_to=message)
+        return RecordDict({wire.FEDLORA: reply})
     for version in range(rt.base_version, target):
         merge_update(rt.layers, store.get(version))
     rt.base_version = target
@@ -598,10 +598,10 @@ def handle_evaluate(message: Message, context: Context) -> Message:
         config.eval.length_normalize,
     )
     reply = ConfigRecord({"status": wire.STATUS_OK, **figures})
-    return Message(RecordDict({wire.FEDLORA: reply}), reply_to=message)
+    return RecordDict({wire.FEDLORA: reply})
 
 
-def handle_finish(message: Message, context: Context) -> Message:
+def handle_finish(message: Message, context: Context) -> RecordDict:
     """The run is over: drop the base updates this node stored in it."""
     state = context.state.config_records.get(wire.FEDLORA)
     removed = False
@@ -612,4 +612,4 @@ def handle_finish(message: Message, context: Context) -> Message:
         with contextlib.suppress(OSError):
             store.folder.parent.rmdir()  # the last node of this machine removes the run's folder
         del context.state[wire.FEDLORA]
-    return Message(RecordDict({wire.FEDLORA: ConfigRecord({"removed": removed})}), reply_to=message)
+    return RecordDict({wire.FEDLORA: ConfigRecord({"removed": removed})})

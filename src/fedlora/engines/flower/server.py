@@ -129,33 +129,13 @@ def check_refusals(config, found: Connection) -> None:
 
 
 def with_declared_resources(config, reports: dict[int, dict]):
-    """``config`` with what each node declared or measured (node config max-rank, tokens-per-s, downlink-mbps,
-    uplink-mbps, probe) in place of the [fleet] entry for its client; a declared rank cap also caps the client's
-    budget (budgets.per_client). The result is what config.resolved.toml records."""
-    from fedlora.config import validate
-    from fedlora.setup import per_client
+    """``config`` with what each node declared or measured in place of its client's [fleet] entry
+    (``fedlora.config.apply_declared``); a declared set that does not fit the run is one error line."""
+    from fedlora.config import apply_declared
 
     declared = {cid: report["declared"] for cid, report in reports.items() if report.get("declared")}
-    if not declared:
-        return config
-    n = config.partition.num_clients
-    data = config.model_dump(mode="json", exclude_none=True)
-    fleet = data.setdefault("fleet", {})
-    for name in ("tokens_per_s", "downlink_mbps", "uplink_mbps", "max_rank"):
-        if not any(name in d for d in declared.values()):
-            continue
-        current = getattr(config.fleet, name)
-        values = per_client(current, n) if current is not None else [config.lora.rank] * n
-        for cid, d in declared.items():
-            if name in d:
-                values[cid] = d[name]
-        fleet[name] = values
-    caps = fleet.get("max_rank")
-    budgets = data.get("budgets", {}).get("per_client")
-    if caps is not None and budgets is not None:
-        data["budgets"]["per_client"] = [min(int(k), int(cap)) for k, cap in zip(budgets, caps, strict=True)]
     try:
-        return validate(data)
+        return apply_declared(config, declared)
     except ConfigError as err:
         raise FedloraError(f"flower: the resources the nodes declared do not fit the run: {err}") from None
 
