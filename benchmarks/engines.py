@@ -9,10 +9,10 @@ federation) the same run goes through both engines:
 - ``flower-sim``: one virtual SuperNode per client on Ray; Ray runs ``cores // --client-cpus`` ClientApps at
   once, each with ``--client-cpus`` torch threads (the same cores in all);
 - ``flower``: a real ``flower-superlink`` and one ``flower-supernode`` per client on loopback, the run started
-  with ``flwr run flower/`` (the bundled app; each node with ``--client-cpus`` torch threads), every node with
-  its warm worker (docs/flower.md: the ClientApp process hands each message to a long-lived process that keeps
-  the imports, the model and the encoded data); ``flower-cold``: the same with node config ``warm=false`` (every
-  message imports torch and builds the model and data in a fresh ClientApp process, Flower 1.41's default).
+  with ``flwr run flower/`` (the bundled app; each node with ``--client-cpus`` torch threads): every message
+  imports torch and builds the model and data in a fresh ClientApp process (Flower 1.41's way);
+  ``flower-warm``: the same with node config ``warm=true`` (docs/flower.md: the ClientApp process hands each
+  message to a long-lived process per node that keeps the imports, the model and the encoded data).
   Every process started is stopped by pid afterwards.
 
 Per engine it reports the set-up time (until round 1 starts: model and data for in-process; also Ray's start
@@ -24,7 +24,7 @@ and left out). The two engines must end with the same adapter bytes: the script 
     python benchmarks/engines.py                      # tiny model, then SmolLM2-135M (≈ 10 min on 2 cores)
     python benchmarks/engines.py --models tiny        # seconds
     python benchmarks/engines.py --json engines.json  # also write the numbers
-    python benchmarks/engines.py --engines inprocess,flower,flower-cold --models tiny   # deployed, warm vs cold
+    python benchmarks/engines.py --engines inprocess,flower,flower-warm --models tiny   # deployed, cold vs warm
 
 Target (issue 5): at SmolLM2 scale, Flower's seconds per round ≤ 1.5 × the in-process engine's.
 """
@@ -169,7 +169,7 @@ def run_deployed(config_path: Path, overrides: list[str], out: Path, warm: bool)
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     later = [r for r in records[1:] if "eval_loss" not in r]
     return {
-        "engine": "flower" if warm else "flower-cold",
+        "engine": "flower-warm" if warm else "flower",
         "total_s": total,
         "setup_s": first_round,
         "round1_s": records[0]["wall_s"],
@@ -185,8 +185,8 @@ def run_engine(engine: str, config_path: Path, overrides: list[str], out: Path) 
     from fedlora import federation
     from fedlora.config import load_config
 
-    if engine in ("flower", "flower-cold"):
-        return run_deployed(config_path, overrides, out, warm=engine == "flower")
+    if engine in ("flower", "flower-warm"):
+        return run_deployed(config_path, overrides, out, warm=engine == "flower-warm")
 
     config = load_config(config_path, [*overrides, f"engine={engine}"])
     clock = Clock()
@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--engines",
         default="inprocess,flower-sim,flower",
-        help="comma-separated: inprocess, flower-sim, flower, flower-cold",
+        help="comma-separated: inprocess, flower-sim, flower, flower-warm",
     )
     parser.add_argument("--rounds", type=int, default=4, help="rounds per run (round 1 and the last are not timed)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 2, help="torch threads, in-process")

@@ -209,7 +209,7 @@ def nodes_config(folder: Path) -> Path:
     return path
 
 
-def _flwr_run(procs, env, work: Path, name: str, run_config: str, timeout: float = 600):
+def _flwr_run(procs, env, work: Path, name: str, run_config: str, timeout: float = 1800):
     """`flwr run flower/ loopback --stream --run-config ...`; (exit status, its output)."""
     from test_flower import APP, BIN
 
@@ -290,7 +290,8 @@ def test_a_node_whose_data_does_not_fit_is_refused_before_round_1(tmp_path, fedl
     node_config = {cid: f'data="{path}"' for cid, path in enumerate(files)}
     with _federation(tmp_path, fedlora_cache, node_config=node_config) as (env, procs):
         out = tmp_path / "runs" / "goes-on"
-        status, shown = _flwr_run(procs, env, tmp_path, "goes-on", f'config="{config_path}" out="{out}"')
+        run_config = f'config="{config_path}" out="{out}" overrides="eval.before=false eval.every=2"'
+        status, shown = _flwr_run(procs, env, tmp_path, "goes-on", run_config)
         assert status == 0 and (out / "summary.json").is_file(), shown[-3000:]
         stopped = tmp_path / "runs" / "stops"
         stopped.mkdir()
@@ -440,3 +441,106 @@ def test_the_warm_worker_answers_as_the_handler_does(tmp_path):
     request = ("train", warm._dump(train), wire.TRAIN, node_config, 7, 3, warm._dump(RecordDict()))
     status, line, _ = warm._answer(request)
     assert status == "error" and line.startswith("flower: train message before hello") and "\n" not in line
+
+
+# ------------------------------------------------------------------------------- the exchange, unit
+
+
+class _Grid:
+    """A grid whose nodes answer as ``answers`` says (node → reply settings, an error reason, or None: silence);
+    replies come from node 0 for errors, as the SuperLink's own "Node Unavailable" does."""
+
+    def __init__(self, answers: dict) -> None:
+        self.answers = answers
+        self.sent: list = []
+
+    def get_node_ids(self):
+        return list(self.answers)
+
+    def push_messages(self, messages):
+        ids = []
+        for i, message in enumerate(messages):
+            self.sent.append(message)
+            ids.append(f"m{len(self.sent)}-{i}")
+        self.ids = dict(zip(ids, messages, strict=True))
+        return ids
+
+    def pull_messages(self, ids):
+        from types import SimpleNamespace
+
+        from flwr.app import ConfigRecord, RecordDict
+
+        from fedlora.engines.flower import wire
+
+        replies = []
+        for mid in ids:
+            answer = self.answers[self.ids[mid].metadata.dst_node_id]
+            if answer is None:
+                continue
+            error = isinstance(answer, str)
+            content = None if error else RecordDict({wire.FEDLORA: ConfigRecord(answer)})
+            replies.append(
+                SimpleNamespace(
+                    metadata=SimpleNamespace(reply_to_message_id=mid, src_node_id=0),
+                    has_error=lambda error=error: error,
+                    error=SimpleNamespace(reason=answer if error else "", code=5),
+                    content=content,
+                )
+            )
+        return replies
+
+
+@pytest.fixture
+def run_identity(monkeypatch):
+    """What building a Flower Message needs outside a Flower run."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
+    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+
+
+def test_connect_leaves_out_a_dead_node_and_records_refusals_and_counts(run_identity):
+    """A crashed node still listed online is answered by the SuperLink ("Node Unavailable", from node 0): it is
+    left out with that reason and the run has its clients; a refusal and the reported counts are kept."""
+    from fedlora.engines.flower.engine import connect
+
+    unavailable = "Error: Node Unavailable — The destination node failed to report a heartbeat"
+    grid = _Grid(
+        {
+            11: {"status": "ok", "partition_id": 0, "num_examples": 16, "eval_examples": 4, "declared": "{}"},
+            12: {"status": "refused", "partition_id": 1, "reason": "node data x.jsonl: missing column(s) 'label'"},
+            13: {
+                "status": "ok",
+                "partition_id": 2,
+                "num_examples": 28,
+                "eval_examples": 7,
+                "declared": '{"max_rank": 4}',
+            },
+            14: unavailable,
+        }
+    )
+    lines: list[str] = []
+    found = connect(grid, "seed = 0\n", 3, session="s", timeout_s=5, log=lines.append)
+    assert found.nodes == {0: 11, 2: 13} and found.left_out == {14: unavailable}
+    assert found.refused == {
+        1: "Flower node 12 (partition-id 1) refused the run: node data x.jsonl: missing column(s) 'label'"
+    }
+    assert found.reports[2] == {"num_examples": 28, "eval_examples": 7, "declared": {"max_rank": 4}}
+    assert f"flower: Flower node 14 left out: {unavailable}" in lines
+
+
+def test_a_missing_reply_without_a_limit_is_one_line_not_a_type_error(run_identity):
+    """faults.fail_fast with no round limit (round_timeout_s None): a node whose message could not be delivered
+    is one FedloraError line (it was a TypeError formatting None)."""
+    from fedlora.engines.flower.engine import FlowerGridEngine
+    from fedlora.errors import FedloraError
+
+    class Undeliverable(_Grid):
+        def push_messages(self, messages):
+            return [None for _ in messages]
+
+    engine = FlowerGridEngine(Undeliverable({7: None}), {2: 7}, session="s", fail_fast=True)
+    with pytest.raises(FedloraError) as caught:
+        engine.run_clients([(2, b"blob")])
+    assert str(caught.value) == "flower: no reply to training from client 2 (Flower node 7) within no limit"
