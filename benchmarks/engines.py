@@ -1,4 +1,5 @@
-"""Seconds per round: the in-process engine vs Flower's simulation engine, same config, same machine.
+"""Seconds per round: the in-process engine vs Flower's simulation engine vs a deployed Flower federation, same
+config, same machine.
 
 For each model (the tiny random Llama of examples/tiny.toml, and SmolLM2-135M with examples/demo.toml's
 federation) the same run goes through both engines:
@@ -6,7 +7,13 @@ federation) the same run goes through both engines:
 - ``inprocess``: the clients of a round train one after another on the server's model, ``--threads`` torch
   threads;
 - ``flower-sim``: one virtual SuperNode per client on Ray; Ray runs ``cores // --client-cpus`` ClientApps at
-  once, each with ``--client-cpus`` torch threads (the same cores in all).
+  once, each with ``--client-cpus`` torch threads (the same cores in all);
+- ``flower``: a real ``flower-superlink`` and one ``flower-supernode`` per client on loopback, the run started
+  with ``flwr run flower/`` (the bundled app; each node with ``--client-cpus`` torch threads): every message
+  imports torch and builds the model and data in a fresh ClientApp process (Flower 1.41's way);
+  ``flower-warm``: the same with node config ``warm=true`` (docs/flower.md: the ClientApp process hands each
+  message to a long-lived process per node that keeps the imports, the model and the encoded data).
+  Every process started is stopped by pid afterwards.
 
 Per engine it reports the set-up time (until round 1 starts: model and data for in-process; also Ray's start
 and the nodes' hello for Flower), round 1 (Flower's nodes build their model and shard there), and the median of
@@ -17,6 +24,7 @@ and left out). The two engines must end with the same adapter bytes: the script 
     python benchmarks/engines.py                      # tiny model, then SmolLM2-135M (≈ 10 min on 2 cores)
     python benchmarks/engines.py --models tiny        # seconds
     python benchmarks/engines.py --json engines.json  # also write the numbers
+    python benchmarks/engines.py --engines inprocess,flower,flower-warm --models tiny   # deployed, cold vs warm
 
 Target (issue 5): at SmolLM2 scale, Flower's seconds per round ≤ 1.5 × the in-process engine's.
 """
@@ -68,9 +76,117 @@ class Clock:
     def evaluated(self, label, result) -> None: ...
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            children.setdefault(int(stat[stat.rindex(")") + 2 :].split()[1]), []).append(int(entry.name))
+    found, stack = [], [pid]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            found.append(child)
+            stack.append(child)
+    return found
+
+
+def run_deployed(config_path: Path, overrides: list[str], out: Path, warm: bool) -> dict:
+    """The run on a real flower-superlink and one flower-supernode per client (loopback), through `flwr run`;
+    round times from metrics.jsonl, the set-up time until the ServerApp printed round 1's start."""
+    import signal
+    import subprocess
+
+    from fedlora.config import load_config
+
+    config = load_config(config_path, overrides)
+    bin_dir = Path(sys.executable).parent
+    work = out.parent / f"{out.name}-federation"
+    (work / "flwr-home").mkdir(parents=True)
+    port = _free_port()
+    (work / "flwr-home" / "config.toml").write_text(
+        f'[superlink.bench]\naddress = "127.0.0.1:{port}"\ninsecure = true\n'
+    )
+    env = {
+        **os.environ,
+        "FLWR_HOME": str(work / "flwr-home"),
+        "FEDLORA_CACHE": str(work / "cache"),
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        "FLWR_TELEMETRY_ENABLED": "0",
+        "FLWR_DISABLE_UPDATE_CHECK": "1",
+        "FEDLORA_WARM_IDLE_S": "120",
+    }
+    procs: list[subprocess.Popen] = []
+
+    def start(args: list[str], log: str) -> subprocess.Popen:
+        with (work / log).open("wb") as handle:
+            proc = subprocess.Popen(args, stdout=handle, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        procs.append(proc)
+        return proc
+
+    started = time.perf_counter()
+    try:
+        start([str(bin_dir / "flower-superlink"), "--insecure", "--port", str(port)], "superlink.log")
+        for cid in range(config.partition.num_clients):
+            node_config = f'partition-id={cid} cache-dir="{work / f"node-{cid}"}" warm={str(warm).lower()}'
+            args = ["--insecure", "--superlink", f"127.0.0.1:{port}", "--port", str(_free_port())]
+            start([str(bin_dir / "flower-supernode"), *args, "--node-config", node_config], f"node-{cid}.log")
+        quoted = " ".join(overrides).replace('"', '\\"')
+        run_config = f'config="{config_path.resolve()}" out="{out}" overrides="{quoted}"'
+        flwr = [str(bin_dir / "flwr"), "run", str(ROOT / "flower"), "bench", "--stream", "--run-config", run_config]
+        run = subprocess.Popen(flwr, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
+        procs.append(run)
+        first_round = None
+        for line in run.stdout:
+            if first_round is None and line.startswith("[fedlora] round 1:"):
+                first_round = time.perf_counter() - started
+        run.wait()
+        total = time.perf_counter() - started
+    finally:
+        pids = [pid for proc in procs for pid in (proc.pid, *_descendants(proc.pid))]
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for pid in pids:
+                try:
+                    os.kill(pid, sig)
+                except (ProcessLookupError, PermissionError):
+                    pass
+            time.sleep(2)
+        for proc in procs:
+            proc.wait()
+    if not (out / "summary.json").is_file():
+        raise SystemExit(f"!! the deployed run did not finish; see {work}")
+    summary = json.loads((out / "summary.json").read_text())
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    later = [r for r in records[1:] if "eval_loss" not in r]
+    return {
+        "engine": "flower-warm" if warm else "flower",
+        "total_s": total,
+        "setup_s": first_round,
+        "round1_s": records[0]["wall_s"],
+        "round_s": statistics.median(r["wall_s"] for r in later) if later else None,
+        "clients_s": statistics.median(r["flower_s"] for r in later) if later else None,
+        "rounds_measured": len(later),
+        "bytes_up": summary["totals"]["bytes_up"],
+        "bytes_down": summary["totals"]["bytes_down"],
+    }
+
+
 def run_engine(engine: str, config_path: Path, overrides: list[str], out: Path) -> dict:
     from fedlora import federation
     from fedlora.config import load_config
+
+    if engine in ("flower", "flower-warm"):
+        return run_deployed(config_path, overrides, out, warm=engine == "flower-warm")
 
     config = load_config(config_path, [*overrides, f"engine={engine}"])
     clock = Clock()
@@ -101,6 +217,11 @@ def run_engine(engine: str, config_path: Path, overrides: list[str], out: Path) 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default="tiny,smollm2", help="comma-separated: tiny, smollm2")
+    parser.add_argument(
+        "--engines",
+        default="inprocess,flower-sim,flower",
+        help="comma-separated: inprocess, flower-sim, flower, flower-warm",
+    )
     parser.add_argument("--rounds", type=int, default=4, help="rounds per run (round 1 and the last are not timed)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 2, help="torch threads, in-process")
     parser.add_argument("--client-cpus", type=float, default=1.0, help="CPUs (and threads) per Flower ClientApp")
@@ -134,16 +255,16 @@ def main(argv: list[str] | None = None) -> int:
         ]
         rows = []
         with tempfile.TemporaryDirectory(prefix="fedlora-bench-engines-") as work:
-            for engine in ("inprocess", "flower-sim"):
+            for engine in args.engines.split(","):
                 row = {"model": model, **run_engine(engine, config_path, overrides, Path(work) / engine)}
                 rows.append(row)
                 print(f"# {model} {engine}: {row['total_s']:.1f} s in all", file=sys.stderr, flush=True)
-        base, flower = rows
-        if (base["bytes_up"], base["bytes_down"]) != (flower["bytes_up"], flower["bytes_down"]):
-            print(f"!! {model}: byte totals differ between the engines: {base} vs {flower}", flush=True)
-            return 1
-        ratio = flower["round_s"] / base["round_s"] if base["round_s"] and flower["round_s"] else None
-        flower["ratio"] = ratio
+        base = rows[0]
+        for row in rows[1:]:
+            if (base["bytes_up"], base["bytes_down"]) != (row["bytes_up"], row["bytes_down"]):
+                print(f"!! {model}: byte totals differ between the engines: {base} vs {row}", flush=True)
+                return 1
+            row["ratio"] = row["round_s"] / base["round_s"] if base["round_s"] and row["round_s"] else None
         print(header)
         for row in rows:
             shown_ratio = f"{row['ratio']:.2f}" if row.get("ratio") is not None else ""

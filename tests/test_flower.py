@@ -473,7 +473,13 @@ def test_cli_engine_flower_points_to_flwr_run(tmp_path):
 
 
 @contextlib.contextmanager
-def _federation(work: Path, fedlora_cache: Path, tls: dict | None = None, extra_nodes: dict | None = None):
+def _federation(
+    work: Path,
+    fedlora_cache: Path,
+    tls: dict | None = None,
+    extra_nodes: dict | None = None,
+    node_config: dict[int, str] | None = None,
+):
     """A real flower-superlink and three flower-supernode processes (partition-id 0, 1, 2) on free loopback
     ports; yields (flwr environment, Processes); stops every process it or the caller started afterwards, by pid
     with their descendants, whatever happened.
@@ -482,7 +488,7 @@ def _federation(work: Path, fedlora_cache: Path, tls: dict | None = None, extra_
     ``i`` proves its identity with the private key ``keys[i]`` (registered first with ``flwr supernode register``)
     and verifies the SuperLink with the CA; ``flwr`` too. Without it everything runs ``--insecure``.
     ``extra_nodes``: name → extra flower-supernode arguments of nodes started after the three (their logs are
-    ``<name>.log`` in ``work``)."""
+    ``<name>.log`` in ``work``). ``node_config``: partition id → more node config of that node (e.g. its data)."""
     procs = Processes()
     home = work / "flwr-home"
     home.mkdir()
@@ -508,8 +514,9 @@ def _federation(work: Path, fedlora_cache: Path, tls: dict | None = None, extra_
                 done = subprocess.run(register, env=env, cwd=work, capture_output=True, text=True, timeout=120)
                 assert done.returncode == 0, done.stdout + done.stderr
                 args = ["--root-certificates", str(tls["ca"]), "--auth-supernode-private-key", str(key)]
-            node_config = f'partition-id={cid} num-partitions=3 cache-dir="{work / f"node-{cid}"}"'
-            nodes[f"supernode-{cid}"] = [*args, "--node-config", node_config]
+            settings = f'partition-id={cid} num-partitions=3 cache-dir="{work / f"node-{cid}"}"'
+            settings += f" {(node_config or {}).get(cid, '')}".rstrip()
+            nodes[f"supernode-{cid}"] = [*args, "--node-config", settings]
         node = [str(BIN / "flower-supernode"), "--superlink", f"127.0.0.1:{port}"]
         _start_listening(procs, {name: _with_port(node, args) for name, args in nodes.items()}, work, env)
         for name, args in (extra_nodes or {}).items():  # expected to be refused: they may exit before listening

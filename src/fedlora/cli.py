@@ -52,6 +52,10 @@ class RichReporter:
             parts.append(f"eval_loss {record['eval_loss']:.4f}")
         if "eval_accuracy" in record:
             parts.append(f"eval_accuracy {record['eval_accuracy']:.3f}")
+        if "fed_eval_loss" in record:
+            parts.append(f"federated eval_loss {record['fed_eval_loss']:.4f}")
+        if "fed_eval_accuracy" in record:
+            parts.append(f"federated eval_accuracy {record['fed_eval_accuracy']:.3f}")
         parts += [
             f"↓ {record['bytes_down'] / 1e6:.2f} MB",
             f"↑ {record['bytes_up'] / 1e6:.2f} MB",
@@ -209,9 +213,10 @@ def run(
             tensorboard.close()
     before = summary.get("initial_eval") or {}
     after = summary.get("final_eval") or {}
-    if "eval_accuracy" in after:
-        start = f"before {before['eval_accuracy']:.3f} → " if "eval_accuracy" in before else ""
-        console.print(f"[bold]held-out accuracy: {start}after {after['eval_accuracy']:.3f}[/]")
+    for key, what in (("eval_accuracy", "held-out accuracy"), ("fed_eval_accuracy", "federated accuracy")):
+        if key in after:
+            start = f"before {before[key]:.3f} → " if key in before else ""
+            console.print(f"[bold]{what}: {start}after {after[key]:.3f}[/]")
     console.print(f"outputs in {run_dir}")
 
 
@@ -220,6 +225,14 @@ def plan(
     config: Annotated[Path, typer.Argument(help="TOML or YAML config describing the fleet")],
     overrides: Annotated[list[str] | None, typer.Argument(help="dotted key=value overrides")] = None,
     out: Annotated[Path | None, typer.Option("--out", help="plan file (default: CONFIG-STEM.plan.toml)")] = None,
+    profiles: Annotated[
+        Path | None,
+        typer.Option(
+            "--profiles",
+            help="a Flower run's folder: each client's resources as its node declared or measured them (nodes.json) "
+            "in place of the config's [fleet] entries",
+        ),
+    ] = None,
 ) -> None:
     """Pilot-run the fleet, choose each client's rank k_i and participation probability q_i and the bandwidth
     policy for the least predicted wall-clock time, and write a plan that ``fedlora run CONFIG plan=PLAN`` takes."""
@@ -234,12 +247,25 @@ def plan(
         cfg = load_config(config, list(overrides or []))
         if cfg.plan_source is not None:
             raise FedloraError("plan: the config already has a plan applied (plan=...); plan from the bare config")
+        if profiles is not None:
+            from fedlora.config import apply_declared
+            from fedlora.planning import reported_profiles
+
+            cfg = apply_declared(cfg, reported_profiles(profiles, cfg.partition.num_clients))
         check_output_path(out, "--out", folder=False)  # before the pilot run, not after
         from fedlora import planning
         from fedlora.rundir import atomic_write_text
 
         with tempfile.TemporaryDirectory(prefix="fedlora-pilot-") as work:
             result = planning.make_plan(cfg, str(config), Path(work), log=lambda line: console.print(line))
+        if profiles is not None:  # the plan carries the reported fleet, so a run with it simulates that fleet
+            from fedlora.config import DECLARABLE
+
+            result["made_for"]["profiles"] = str(profiles.resolve())
+            for name in DECLARABLE:
+                value = getattr(cfg.fleet, name)
+                if isinstance(value, list):
+                    result["settings"][f"fleet.{name}"] = value
         import tomli_w
 
         try:

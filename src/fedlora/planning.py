@@ -224,6 +224,26 @@ def run_pilot(config: RunConfig, work_dir: Path, log: Callable[[str], None] = la
     )
 
 
+def reported_profiles(run_dir: Path, num_clients: int) -> dict[int, dict[str, float]]:
+    """What each client's node declared or measured about itself in a Flower run (RUN_DIR/nodes.json, written by
+    the run): client id → {fleet field: value}. One-line errors name the file."""
+    import json
+
+    from fedlora.errors import ConfigError
+
+    path = run_dir / "nodes.json"
+    try:
+        nodes = json.loads(path.read_text(encoding="utf-8"))
+        clients = nodes["clients"]
+        declared = {int(cid): dict(entry.get("declared") or {}) for cid, entry in clients.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        raise ConfigError(f"--profiles {path}: not a Flower run's nodes.json ({type(err).__name__}: {err})") from None
+    outside = [cid for cid in declared if not 0 <= cid < num_clients]
+    if outside:
+        raise ConfigError(f"--profiles {path}: client {outside[0]} is outside partition.num_clients={num_clients}")
+    return declared
+
+
 def fleet_model(config: RunConfig, system: SystemModel, pilot: PilotResult) -> planner.FleetModel:
     """The planner's view of the fleet: the config's system model plus the pilot's measurements."""
     n, r = config.partition.num_clients, config.lora.rank

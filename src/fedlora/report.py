@@ -169,7 +169,7 @@ def _totals_from_records(records: list[dict[str, Any]]) -> dict[str, float]:
 
 
 def _eval_of(record: dict[str, Any]) -> dict[str, float]:
-    return {k: record[k] for k in ("eval_loss", "eval_accuracy") if k in record}
+    return {k: record[k] for k in ("eval_loss", "eval_accuracy", "fed_eval_loss", "fed_eval_accuracy") if k in record}
 
 
 def _checked_summary(path: Path, summary: Any) -> tuple[dict, dict | None, dict]:
@@ -209,7 +209,7 @@ def load_run(path: Path, partial: bool = False) -> Run:
         records = _read_metrics(path / METRICS_FILE, allow_torn_last=False)
         return Run(path, config, records, totals, initial, final, complete=True)
     records = _read_metrics(path / METRICS_FILE, allow_torn_last=True)
-    final = next((_eval_of(r) for r in reversed(records) if "eval_loss" in r), {})
+    final = next((_eval_of(r) for r in reversed(records) if "eval_loss" in r or "fed_eval_loss" in r), {})
     initial = _initial_eval_from_checkpoint(path)
     return Run(path, config, records, _totals_from_records(records), initial, final, complete=False)
 
@@ -381,6 +381,10 @@ def run_numbers(run: Run) -> dict[str, Any]:
         "initial_loss": initial.get("eval_loss"),
         "final_accuracy": run.final_eval.get("eval_accuracy"),
         "final_loss": run.final_eval.get("eval_loss"),
+        "initial_fed_accuracy": initial.get("fed_eval_accuracy"),
+        "initial_fed_loss": initial.get("fed_eval_loss"),
+        "final_fed_accuracy": run.final_eval.get("fed_eval_accuracy"),
+        "final_fed_loss": run.final_eval.get("fed_eval_loss"),
         **{k: run.totals[k] for k in ("bytes_up", "bytes_down", "sim_s", "wall_s")},
     }
 
@@ -395,6 +399,8 @@ def group_numbers(group: Group) -> dict[str, Any]:
             "final_loss",
             "initial_accuracy",
             "initial_loss",
+            "final_fed_accuracy",
+            "final_fed_loss",
             "bytes_up",
             "bytes_down",
             "sim_s",
@@ -485,26 +491,37 @@ GROUP_HEADER = (
 )
 
 
+FEDERATED_HEADER = ("federated accuracy", "federated loss")
+"""Columns shown next to the server-side figures when a run evaluated on its clients' own held-out data."""
+
+
 def group_table(groups: Sequence[dict[str, Any]]) -> list[str]:
-    """The markdown table of the groups (report.json's ``groups``)."""
-    rows = [
-        (
-            g["label"],
-            str(g["runs"]),
-            _fmt(g["final_accuracy"], 3),
-            _fmt(g["final_loss"], 4),
-            _fmt(g["bytes_up"], 3, 1e-6),
-            _fmt(g["bytes_down"], 3, 1e-6),
-            _fmt(g["sim_s"], 1),
-            _fmt(g["wall_s"], 1),
+    """The markdown table of the groups (report.json's ``groups``); federated evaluation's columns follow the
+    server-side ones when any group has them."""
+    federated = any(g.get("final_fed_accuracy") or g.get("final_fed_loss") for g in groups)
+    rows = []
+    for g in groups:
+        fed = (_fmt(g.get("final_fed_accuracy"), 3), _fmt(g.get("final_fed_loss"), 4)) if federated else ()
+        rows.append(
+            (
+                g["label"],
+                str(g["runs"]),
+                _fmt(g["final_accuracy"], 3),
+                _fmt(g["final_loss"], 4),
+                *fed,
+                _fmt(g["bytes_up"], 3, 1e-6),
+                _fmt(g["bytes_down"], 3, 1e-6),
+                _fmt(g["sim_s"], 1),
+                _fmt(g["wall_s"], 1),
+            )
         )
-        for g in groups
-    ]
-    return _table(GROUP_HEADER, rows)
+    header = (*GROUP_HEADER[:4], *(FEDERATED_HEADER if federated else ()), *GROUP_HEADER[4:])
+    return _table(header, rows)
 
 
 def run_table(runs: Sequence[dict[str, Any]]) -> list[str]:
     """The markdown table of the runs (report.json's ``runs``)."""
+    federated = any(r.get("final_fed_accuracy") is not None or r.get("final_fed_loss") is not None for r in runs)
     header = (
         "run",
         "group",
@@ -512,6 +529,7 @@ def run_table(runs: Sequence[dict[str, Any]]) -> list[str]:
         "rounds",
         "accuracy before → after",
         "loss before → after",
+        *(("federated accuracy before → after", "federated loss before → after") if federated else ()),
         "MB up",
         "MB down",
         "simulated time (s)",
@@ -523,6 +541,12 @@ def run_table(runs: Sequence[dict[str, Any]]) -> list[str]:
         accuracy = "—"
         if r["final_accuracy"] is not None:
             accuracy = f"{_fmt_value(r['initial_accuracy'], 3)} → {_fmt_value(r['final_accuracy'], 3)}"
+        fed = ()
+        if federated:
+            fed_accuracy = "—"
+            if r.get("final_fed_accuracy") is not None:
+                fed_accuracy = f"{_fmt_value(r['initial_fed_accuracy'], 3)} → {_fmt_value(r['final_fed_accuracy'], 3)}"
+            fed = (fed_accuracy, f"{_fmt_value(r['initial_fed_loss'], 4)} → {_fmt_value(r['final_fed_loss'], 4)}")
         rows.append(
             (
                 f"`{r['path']}`",
@@ -531,6 +555,7 @@ def run_table(runs: Sequence[dict[str, Any]]) -> list[str]:
                 rounds,
                 accuracy,
                 f"{_fmt_value(r['initial_loss'], 4)} → {_fmt_value(r['final_loss'], 4)}",
+                *fed,
                 _fmt_value(r["bytes_up"], 3, 1e-6),
                 _fmt_value(r["bytes_down"], 3, 1e-6),
                 _fmt_value(r["sim_s"], 1),

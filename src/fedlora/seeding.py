@@ -16,6 +16,7 @@ PURPOSES = {
     "fleet": 7,
     "pilot": 8,
     "dp-noise": 9,
+    "client-eval": 10,
 }
 
 

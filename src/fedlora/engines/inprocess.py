@@ -16,10 +16,11 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 
 from torch import nn
 
-from fedlora.client.app import run_client
+from fedlora.client.app import evaluate_download, run_client
 from fedlora.client.bases import ClientBases
 from fedlora.client.train import LocalTraining
 from fedlora.engines.base import ClientFailure
@@ -35,6 +36,16 @@ def describe_exception(err: BaseException) -> str:
     return line if len(line) <= 300 else line[:297] + "..."
 
 
+@dataclass(frozen=True)
+class ClientEvaluation:
+    """What federated evaluation needs in-process: each client's own held-out set (None: it has none)."""
+
+    tokenizer: object
+    eval_sets: list
+    batch_size: int
+    length_normalize: bool = False
+
+
 class InProcessEngine:
     def __init__(
         self,
@@ -48,6 +59,7 @@ class InProcessEngine:
         fail_fast: bool = False,
         clock: Callable[[], float] = time.perf_counter,
         bases: ClientBases | None = None,
+        evaluation: ClientEvaluation | None = None,
     ) -> None:
         self.model = model
         self.layers = layers
@@ -60,6 +72,35 @@ class InProcessEngine:
         """Seconds (monotonic); tests pass a fake clock to make a client "hang" deterministically."""
         self.bases = bases
         """Per-client base precision (``fleet.precision``); None: every client trains on ``model``."""
+        self.evaluation = evaluation
+        """The clients' own held-out sets (federated evaluation), or None."""
+
+    def evaluate_clients(self, blob: bytes) -> dict[int, dict | ClientFailure]:
+        """Every client with a held-out set of its own evaluates the global model of ``blob`` (``eval_blob``)
+        on it, on the shared model: client id → {"n", "eval_loss"[, "eval_accuracy"]} or its failure."""
+        ev = self.evaluation
+        if ev is None:
+            return {}
+        results: dict[int, dict | ClientFailure] = {}
+        for cid, eval_set in enumerate(ev.eval_sets):
+            if eval_set is None:
+                continue
+            try:
+                results[cid] = evaluate_download(
+                    self.model,
+                    self.layers,
+                    blob,
+                    ev.tokenizer,
+                    eval_set,
+                    ev.batch_size,
+                    self.pad_id,
+                    ev.length_normalize,
+                )
+            except Exception as err:
+                if self.fail_fast:
+                    raise
+                results[cid] = ClientFailure(describe_exception(err))
+        return results
 
     def run_clients(self, jobs: list[tuple[int, bytes]]) -> Iterator[bytes | ClientFailure]:
         """One client after another (lazily, so progress can be reported as each finishes)."""

@@ -1,7 +1,10 @@
 """fedlora's Flower ClientApp (``fedlora.engines.flower.client:client_app``): one SuperNode = one fedlora client.
 
-This module imports only Flower at load time; torch, transformers and the data are imported by the handlers
-(see ``node``), so a message that needs none of them (``query.finish``) starts quickly in a fresh process.
+This module imports only Flower at load time. On a deployed SuperNode (Flower starts a fresh ``flwr-clientapp``
+process for every message) a message is handed to the node's warm worker (``warm``), a long-lived process that
+keeps fedlora's imports, the base model and the encoded data between messages, when its node config says
+``warm=true``; otherwise it runs in the ClientApp process (importing torch, transformers and the data each
+time). In a simulation the handlers run in the (long-lived) Ray worker itself.
 """
 
 from __future__ import annotations
@@ -25,25 +28,39 @@ def _plainly(handler):
         raise FedloraError(f"{type(err).__name__}: {err}") from err
 
 
+def _handle(kind: str, message: Message, context: Context) -> Message:
+    """The reply to ``message``: its content made by ``fedlora.engines.flower.node.handle_<kind>``, in the node's
+    warm worker when it has one."""
+    from fedlora.engines.flower import warm
+
+    def run():
+        if warm.enabled(context):
+            return warm.call(kind, message, context)
+        from fedlora.engines.flower import node
+
+        return getattr(node, f"handle_{kind}")(message, context)
+
+    return Message(_plainly(run), reply_to=message)
+
+
 @client_app.query("hello")
 def hello(message: Message, context: Context) -> Message:
-    from fedlora.engines.flower.node import handle_hello
-
-    return _plainly(lambda: handle_hello(message, context))
+    return _handle("hello", message, context)
 
 
 @client_app.train()
 def train(message: Message, context: Context) -> Message:
-    from fedlora.engines.flower.node import handle_train
+    return _handle("train", message, context)
 
-    return _plainly(lambda: handle_train(message, context))
+
+@client_app.evaluate()
+def evaluate(message: Message, context: Context) -> Message:
+    return _handle("evaluate", message, context)
 
 
 @client_app.query("finish")
 def finish(message: Message, context: Context) -> Message:
-    from fedlora.engines.flower.node import handle_finish
-
-    return _plainly(lambda: handle_finish(message, context))
+    return _handle("finish", message, context)
 
 
 app = client_app

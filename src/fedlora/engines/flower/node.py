@@ -14,6 +14,17 @@ a folder per Flower run (``<cache>/flower/run-<run id>/``), because a deployed S
 ClientApp process for every message; a process that serves several messages (a simulation's Ray actor) also
 keeps its model, at the base version it last reached, and only merges what is new.
 
+A node may hold its own data instead (the run's ``partition.scheme = "nodes"``): node config ``data`` names its
+file (any file source fedlora reads), optionally ``eval-data`` its own held-out file (else it holds out
+``eval.client_holdout`` of ``data``). It reads them with the run's template at hello and refuses the run, with
+one line naming the file and the column or label, when they do not fit; else it reports its example counts (the
+server weights the aggregation with them) and nothing else about its data. The same rows come out of the same
+call as in an in-process run with ``partition.scheme = "files"`` over the same files.
+
+A node may declare its own resources (node config ``max-rank``, ``tokens-per-s``, ``downlink-mbps``,
+``uplink-mbps``), and measure its training throughput at hello (``probe=true``: a few local steps on its real
+model and data); the server puts them in place of the config's [fleet] entry for that client.
+
 Optional node config keys: ``device`` (e.g. "cuda:0"; default: the run's model.device), ``threads`` (torch
 threads), ``cache-dir`` (default: fedlora's cache folder, ``$FEDLORA_CACHE``), ``precision`` (the node's base
 precision, "fp32" | "bf16" | "int8" | "nf4": replaces the run's fleet.precision for this client).
@@ -173,6 +184,8 @@ class _Runtime:
     """How many base updates are merged into ``model`` (0: the original base)."""
     shards: _Shards | None = None
     examples: dict[int, list[dict]] = field(default_factory=dict)
+    own: object = None
+    """The node's own data (``fedlora.data.local.ClientData``; partition.scheme "nodes"), read once."""
 
     def load_model(self) -> None:
         from fedlora.lora.layer import inject_lora
@@ -191,6 +204,12 @@ class _Runtime:
         cached = folder / "examples.json" if folder is not None else None
         if cached is not None and cached.is_file():
             examples = json.loads(cached.read_text())
+        elif self.own is not None:
+            from fedlora.setup import _encode, is_encoder_run, run_template
+
+            template = run_template(self.config)
+            max_len, encoder = self.config.data.max_seq_len, is_encoder_run(self.config)
+            examples = _encode(self.tokenizer, template, self.own.train, max_len, encoder)
         else:
             if self.shards is None:
                 self.shards = load_shards(self.config)
@@ -202,6 +221,14 @@ class _Runtime:
                 os.replace(tmp, cached)
         self.examples[client_id] = examples
         return examples
+
+    def eval_set(self):
+        """The node's own held-out set, encoded (federated evaluation)."""
+        from fedlora.setup import eval_set_for, is_encoder_run, run_template
+
+        template = run_template(self.config)
+        max_len, encoder = self.config.data.max_seq_len, is_encoder_run(self.config)
+        return eval_set_for(template, self.own.held_out, self.tokenizer, max_len, encoder)
 
 
 def runtime(config_text: str, device: str | None, session: str, precision: str | None = None) -> _Runtime:
@@ -324,11 +351,102 @@ def node_precision(context: Context, config, cid: int) -> str | None:
     return precision
 
 
-def handle_hello(message: Message, context: Context) -> Message:
+class Refusal(FedloraError):
+    """This node cannot take part in the run as configured (its data, its declared resources); one line."""
+
+
+def own_data(config, context: Context, cid: int):
+    """The node's own data (``fedlora.data.local.ClientData``) under partition.scheme "nodes", else None; raises
+    Refusal (one line naming the file and the column or label) when it does not fit the run's template."""
+    path = context.node_config.get("data")
+    if config.partition.scheme != "nodes":
+        if path:
+            raise Refusal(
+                f"node config data={path}: the run splits data.source over its clients (partition.scheme = "
+                f'{config.partition.scheme!r}), not the nodes\' own data (partition.scheme = "nodes")'
+            )
+        return None
+    if not path:
+        raise Refusal('no data of its own: partition.scheme = "nodes" needs --node-config "data=/path/local.jsonl"')
+    from fedlora.errors import DataError
+    from fedlora.setup import client_data, run_template  # torch and the data libraries: only for a node's own data
+
+    eval_path = context.node_config.get("eval-data")
+    try:
+        return client_data(
+            config, run_template(config), cid, str(path), str(eval_path) if eval_path else None, f"node data {path}"
+        )
+    except DataError as err:
+        raise Refusal(str(err)) from None
+
+
+DECLARED = {
+    "max-rank": ("max_rank", int),
+    "tokens-per-s": ("tokens_per_s", float),
+    "downlink-mbps": ("downlink_mbps", float),
+    "uplink-mbps": ("uplink_mbps", float),
+}
+"""Node config keys a node declares its resources with → the [fleet] field each replaces, and its type."""
+
+
+def declared_resources(context: Context) -> dict:
+    """What this node declares about itself in its node config (``DECLARED``), as [fleet] field → value."""
+    declared = {}
+    for key, (name, kind) in DECLARED.items():
+        raw = context.node_config.get(key)
+        if raw is None:
+            continue
+        try:
+            value = kind(raw)
+        except (TypeError, ValueError):
+            raise Refusal(f"node config {key}={raw!r} is not a number") from None
+        if value <= 0:
+            raise Refusal(f"node config {key}={raw!r} must be > 0")
+        declared[name] = value
+    return declared
+
+
+def _flag(context: Context, key: str) -> bool:
+    return str(context.node_config.get(key, "false")).strip().lower() in ("1", "true", "yes")
+
+
+def probe_throughput(config, rt: _Runtime, examples: list[dict], steps: int = 2) -> float:
+    """Training tokens per second of this node at the full rank lora.rank, timed over ``steps`` local steps
+    (after one untimed warm-up step) on its own model and examples; the model is left as it was."""
+    import torch
+
+    from fedlora.client.app import install_adapter
+    from fedlora.client.train import train_adapter
+    from fedlora.lora.state import ModuleShape, init_factors
+
+    shapes = {name: ModuleShape(layer.out_features, layer.in_features) for name, layer in rt.layers.items()}
+    factors = init_factors(shapes, config.lora.rank, torch.Generator().manual_seed(0))
+    install_adapter(rt.layers, factors, config.scale_rule(config.lora.rank))
+    warm = rt.training.__class__(**{**rt.training.__dict__, "local_steps": 1, "local_epochs": None})
+    train_adapter(rt.model, examples, warm, rt.pad_id, seed=0)
+    timed = rt.training.__class__(**{**rt.training.__dict__, "local_steps": steps, "local_epochs": None})
+    started = time.perf_counter()
+    result = train_adapter(rt.model, examples, timed, rt.pad_id, seed=1)
+    seconds = time.perf_counter() - started
+    for layer in rt.layers.values():
+        layer.clear_adapter()
+    return float(result.tokens) / max(seconds, 1e-9)
+
+
+def _say(line: str) -> None:
+    """A line to the node's own log (the SuperNode shows its ClientApp's stderr)."""
+    import sys
+
+    print(f"[fedlora node] {line}", file=sys.stderr, flush=True)
+
+
+def handle_hello(message: Message, context: Context) -> RecordDict:
     """Check that this node can be the client its partition-id names and keep the run's settings.
 
-    Light on purpose (no torch, no data): a deployed node runs every message in a fresh process. The model and
-    data are built by the first train message, which also checks the base fingerprint."""
+    A node holding its own data reads it here, checks it against the run's template and reports its example
+    counts, or refuses the run (status "refused" with a one-line reason, also printed to the node's log). The
+    model is built by the first train message (which checks the base fingerprint), unless the node measures
+    its throughput (``probe``)."""
     import tomllib
 
     from fedlora import __version__
@@ -340,7 +458,20 @@ def handle_hello(message: Message, context: Context) -> Message:
     config_text = str(hello["config"])
     config = RunConfig.model_validate(tomllib.loads(config_text))
     cid = partition_id(context, config.partition.num_clients)
-    precision = node_precision(context, config, cid)
+    try:
+        precision = node_precision(context, config, cid)
+        data = own_data(config, context, cid)
+        declared = declared_resources(context)
+        if _flag(context, "probe"):
+            _threads(context, int(hello.get("threads", 0)))
+            rt = runtime(config_text, _device(context), str(hello["session"]))
+            rt.own = data
+            declared["tokens_per_s"] = probe_throughput(config, rt, rt.client_examples(cid))
+            rt.examples.clear()
+    except Refusal as err:
+        _say(f"client {cid}: refused the run: {err}")
+        refusal = ConfigRecord({"status": wire.STATUS_REFUSED, "partition_id": cid, "reason": str(err)})
+        return RecordDict({wire.FEDLORA: refusal})
     context.state[wire.FEDLORA] = ConfigRecord(
         {
             "config": config_text,
@@ -351,11 +482,23 @@ def handle_hello(message: Message, context: Context) -> Message:
             "precision": precision or "",
         }
     )
-    reply = ConfigRecord({"partition_id": cid, "fedlora_version": __version__, "precision": precision or ""})
-    return Message(RecordDict({wire.FEDLORA: reply}), reply_to=message)
+    reply = ConfigRecord(
+        {
+            "status": wire.STATUS_OK,
+            "partition_id": cid,
+            "fedlora_version": __version__,
+            "declared": json.dumps(declared),
+            "precision": precision or "",
+        }
+    )
+    if data is not None:
+        reply["num_examples"] = len(data.train)
+        reply["eval_examples"] = len(data.held_out)
+        _say(f"client {cid}: {len(data.train)} training and {len(data.held_out)} held-out examples")
+    return RecordDict({wire.FEDLORA: reply})
 
 
-def handle_train(message: Message, context: Context) -> Message:
+def handle_train(message: Message, context: Context) -> RecordDict:
     """One client round: fold in the base updates, train, reply with the upload blob."""
     from fedlora import payload
     from fedlora.client.app import run_client
@@ -405,13 +548,15 @@ def handle_train(message: Message, context: Context) -> Message:
         missing = [v for v in range(target - 1) if not store.has(v)]
         if missing:  # the server assumed this node holds updates it does not: ask for them
             reply = ConfigRecord({"status": wire.STATUS_NEED_BASE, "base_version": missing[0]})
-            return Message(RecordDict({wire.FEDLORA: reply}), reply_to=message)
+            return RecordDict({wire.FEDLORA: reply})
         store.put(target - 1, sync)
         for version in range(rt.base_version, target - 1):
             merge_update(rt.layers, store.get(version))
         rt.base_version = max(rt.base_version, target - 1)
         apply_sync = rt.base_version == target - 1  # else this process merged it already
 
+    if rt.config.partition.scheme == "nodes" and rt.own is None and not (store.folder / "examples.json").is_file():
+        rt.own = own_data(rt.config, context, cid)
     examples = rt.client_examples(cid, store.folder)
     try:
         upload = run_client(rt.model, rt.layers, download, examples, rt.training, rt.pad_id, apply_base_sync=apply_sync)
@@ -433,10 +578,75 @@ def handle_train(message: Message, context: Context) -> Message:
         }
     )
     content = RecordDict({wire.UPLOAD: wire.blob_record(upload), wire.FEDLORA: reply})
-    return Message(content, reply_to=message)
+    return content
 
 
-def handle_finish(message: Message, context: Context) -> Message:
+def _run_state(message: Message, context: Context) -> tuple[ConfigRecord, int, dict]:
+    """(the run's settings this node keeps, its client id, the message's settings), checked."""
+    state = context.state.config_records.get(wire.FEDLORA)
+    if state is None:
+        raise FedloraError("flower: message before hello (the node's context lost the run's settings)")
+    cid = partition_id(context)
+    meta = wire.settings(message)
+    if int(meta["client"]) != cid or int(state["client"]) != cid:
+        raise FedloraError(f"flower: message for client {meta['client']} reached the node of client {cid}")
+    if str(meta["session"]) != str(state["session"]):
+        raise FedloraError(
+            f"flower: client {cid}: message of fedlora run {meta['session']}, node is in {state['session']}"
+        )
+    return state, cid, meta
+
+
+def handle_evaluate(message: Message, context: Context) -> RecordDict:
+    """Federated evaluation: fold in the base updates the node lacks, install the global adapter, evaluate it on
+    the node's own held-out split; reply with {n, eval_loss[, eval_accuracy]}."""
+    from fedlora import payload
+    from fedlora.client.app import evaluate_download
+    from fedlora.lora.layer import merge_update
+    from fedlora.lora.state import unflatten_factors
+
+    state, cid, meta = _run_state(message, context)
+    session = str(state["session"])
+    _threads(context, int(state["threads"]))
+    rt = runtime(str(state["config"]), _device(context), session)
+    download = wire.record_blob(message, wire.DOWNLOAD)
+    if download is None:
+        raise FedloraError("flower: evaluate message without a download record")
+    target = int(meta["base_target"])
+    store = store_for(context, session, cid)
+    catchup = wire.record_blob(message, wire.CATCHUP)
+    if catchup is not None:
+        tensors, info = payload.unpack(catchup)
+        first, count = int(info["first"]), int(info["count"])
+        for version in range(first, first + count):
+            store.put(version, unflatten_factors(tensors, prefix=f"base{version:06d}."))
+    if rt.base_version > target:
+        rt.load_model()
+    missing = [v for v in range(rt.base_version, target) if not store.has(v)]
+    if missing:
+        reply = ConfigRecord({"status": wire.STATUS_NEED_BASE, "base_version": missing[0]})
+        return RecordDict({wire.FEDLORA: reply})
+    for version in range(rt.base_version, target):
+        merge_update(rt.layers, store.get(version))
+    rt.base_version = target
+    if rt.own is None:
+        rt.own = own_data(rt.config, context, cid)
+    config = rt.config
+    figures = evaluate_download(
+        rt.model,
+        rt.layers,
+        download,
+        rt.tokenizer,
+        rt.eval_set(),
+        config.eval.batch_size,
+        rt.pad_id,
+        config.eval.length_normalize,
+    )
+    reply = ConfigRecord({"status": wire.STATUS_OK, **figures})
+    return RecordDict({wire.FEDLORA: reply})
+
+
+def handle_finish(message: Message, context: Context) -> RecordDict:
     """The run is over: drop the base updates this node stored in it."""
     state = context.state.config_records.get(wire.FEDLORA)
     removed = False
@@ -447,4 +657,4 @@ def handle_finish(message: Message, context: Context) -> Message:
         with contextlib.suppress(OSError):
             store.folder.parent.rmdir()  # the last node of this machine removes the run's folder
         del context.state[wire.FEDLORA]
-    return Message(RecordDict({wire.FEDLORA: ConfigRecord({"removed": removed})}), reply_to=message)
+    return RecordDict({wire.FEDLORA: ConfigRecord({"removed": removed})})

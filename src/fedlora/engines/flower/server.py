@@ -22,8 +22,8 @@ from pathlib import Path
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from fedlora.engines.flower.engine import FlowerGridEngine, connect_nodes
-from fedlora.errors import ConfigError
+from fedlora.engines.flower.engine import Connection, FlowerGridEngine, connect
+from fedlora.errors import ConfigError, FedloraError
 
 
 def client_threads(config, simulation: bool) -> int:
@@ -79,7 +79,7 @@ def run_on_grid(
     if fingerprint is None:  # before any node is contacted or anything is written
         fingerprint = check_payload_sizes(config)
     session = uuid.uuid4().hex[:12]  # this fedlora run on these nodes (one Flower run may carry several)
-    nodes = connect_nodes(
+    found = connect(
         grid,
         dump_config(config),
         config.partition.num_clients,
@@ -90,18 +90,22 @@ def run_on_grid(
         ttl=f.message_ttl_s,
         log=say,
     )
+    check_refusals(config, found)
+    config = with_declared_resources(config, found.reports)
     if say:
-        say("flower: clients on nodes " + ", ".join(f"{cid}→{node}" for cid, node in sorted(nodes.items())))
+        say("flower: clients on nodes " + ", ".join(f"{cid}→{node}" for cid, node in sorted(found.nodes.items())))
     deadline = config.faults.round_deadline_s
     engine = FlowerGridEngine(
         grid,
-        nodes,
+        found.nodes,
         session=session,
         round_timeout_s=deadline if deadline is not None else f.round_timeout_s,
         message_ttl_s=f.message_ttl_s,
         fail_fast=config.faults.fail_fast,
         timeout_setting="faults.round_deadline_s" if deadline is not None else "flower.round_timeout_s",
         max_message_mb=f.max_message_mb,
+        reports=found.reports,
+        refused=found.refused,
     )
     try:
         return federation.run(config, run_dir, resume=resume, reporter=reporter, engine=engine)
@@ -109,13 +113,45 @@ def run_on_grid(
         engine.finish()
 
 
+def check_refusals(config, found: Connection) -> None:
+    """Stop the run (before anything is written) when a node refused it and the run cannot go on without it:
+    ``faults.fail_fast``, or fewer clients accepted than ``faults.min_successful`` needs in a round."""
+    if not found.refused:
+        return
+    first = next(iter(sorted(found.refused.items())))[1]
+    if config.faults.fail_fast:
+        raise FedloraError(f"flower: {first} (faults.fail_fast)")
+    if len(found.nodes) < config.faults.min_successful:
+        raise FedloraError(
+            f"flower: {first}; {len(found.nodes)} client(s) left, fewer than faults.min_successful="
+            f"{config.faults.min_successful}"
+        )
+
+
+def with_declared_resources(config, reports: dict[int, dict]):
+    """``config`` with what each node declared or measured in place of its client's [fleet] entry
+    (``fedlora.config.apply_declared``); a declared set that does not fit the run is one error line."""
+    from fedlora.config import apply_declared
+
+    declared = {cid: report["declared"] for cid, report in reports.items() if report.get("declared")}
+    try:
+        return apply_declared(config, declared)
+    except ConfigError as err:
+        raise FedloraError(f"flower: the resources the nodes declared do not fit the run: {err}") from None
+
+
 class LogReporter:
     """Progress as plain lines on stdout (``flwr run --stream`` / ``flwr log`` show them)."""
+
+    def __init__(self, run_dir: Path | None = None) -> None:
+        self.run_dir = run_dir
 
     def log(self, line: str) -> None:
         print(f"[fedlora] {line}", flush=True)
 
     def run_started(self, config, setup, start_round: int) -> None:
+        if self.run_dir is not None:  # said once the folder holds the run (its config), not before
+            self.log(f"run folder {self.run_dir.resolve()}")
         self.log(
             f"{config.method}: {config.partition.num_clients} clients, rounds {start_round}..{config.rounds}, "
             f"rank {config.lora.rank}"
@@ -174,10 +210,14 @@ def make_server_app(app_dir: Path | None = None) -> ServerApp:
         import os
 
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-        config, run_dir, resume = deployment_config(dict(context.run_config), app_dir)
         reporter = LogReporter()
-        reporter.log(f"run folder {run_dir.resolve()}")
-        summary = run_on_grid(grid, config, run_dir, resume=resume, reporter=reporter)
+        try:
+            config, run_dir, resume = deployment_config(dict(context.run_config), app_dir)
+            reporter.run_dir = run_dir
+            summary = run_on_grid(grid, config, run_dir, resume=resume, reporter=reporter)
+        except FedloraError as err:  # one line first; Flower 1.41 then logs the exception it gets, traceback and all
+            reporter.log(f"error: {err}")
+            raise FedloraError(str(err)).with_traceback(None) from None
         final = summary.get("final_eval") or {}
         reporter.log("done: " + ", ".join(f"{k} {v:.4f}" for k, v in final.items()) + f"; outputs in {run_dir}")
 

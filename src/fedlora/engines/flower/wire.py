@@ -9,7 +9,9 @@ as the in-process engine has none.) Small settings go in a ``ConfigRecord``.
 Messages (message_type → content; the reply's content):
 
 - ``query.hello``: FEDLORA {config (resolved TOML), session, base_fingerprint, threads, protocol} → FEDLORA
-  {partition_id, fedlora_version}. The node checks the config and its partition-id and keeps the settings in
+  {status "ok", partition_id, fedlora_version, num_examples, eval_examples, declared (JSON: what the node
+  declares or measured about itself)} or {status "refused", partition_id, reason} (its own data does not fit
+  the run's template). The node checks the config and its partition-id and keeps the settings in
   its Flower context for the train messages. ``session`` names one fedlora run (one
   Flower run may carry several, e.g. a simulation running every method).
 - ``train``: DOWNLOAD {blob}, optional CATCHUP {blob}, FEDLORA {client, session, base_target, catchup_from} →
@@ -17,6 +19,10 @@ Messages (message_type → content; the reply's content):
   FEDLORA {status "need_base", base_version} when the node lacks base updates the message assumed it had.
   ``base_target`` is how many base updates (merge-into-base methods) the client's model holds once it folded in
   the download's "sync." update (the newest); CATCHUP holds the older ones it missed (versions catchup_from..).
+- ``evaluate``: DOWNLOAD {blob: the global adapter, ``fedlora.client.app.eval_blob``}, optional CATCHUP, FEDLORA
+  {client, session, base_target, catchup_from} → FEDLORA {status "ok", n, eval_loss[, eval_accuracy]} (the
+  node's own held-out split), or {status "need_base", base_version}. CATCHUP holds every base update the node
+  lacks (versions catchup_from..base_target-1).
 - ``query.finish``: FEDLORA {} → FEDLORA {removed}: the node drops the run's stored base updates.
 """
 
@@ -35,10 +41,12 @@ STYPE = "fedlora.payload"
 
 HELLO = "query.hello"
 TRAIN = "train"
+EVALUATE = "evaluate"
 FINISH = "query.finish"
 
 STATUS_OK = "ok"
 STATUS_NEED_BASE = "need_base"
+STATUS_REFUSED = "refused"
 
 
 def blob_record(blob: bytes) -> ArrayRecord:
