@@ -74,7 +74,8 @@ def config_text() -> str:
 def test_a_node_accepts_a_matching_hello_and_keeps_the_runs_settings(config_text):
     context = _context(**{"partition-id": 2})
     reply = handle_hello(_hello(config_text, fingerprint="abc"), context)
-    assert int(wire.settings(reply)["partition_id"]) == 2
+    assert reply.config_records[wire.FEDLORA]["status"] == wire.STATUS_OK
+    assert int(reply.config_records[wire.FEDLORA]["partition_id"]) == 2
     state = context.state.config_records[wire.FEDLORA]
     assert (state["session"], state["base_fingerprint"], int(state["client"])) == ("run-a", "abc", 2)
 
@@ -139,30 +140,38 @@ def test_a_node_whose_base_differs_from_the_servers_refuses_to_train(config_text
     context = _context(**{"partition-id": 1})
     handle_hello(_hello(config_text, session="fp-right", fingerprint=real), context)
     reply = handle_train(_train(1, "fp-right"), context)
-    assert wire.settings(reply)["status"] == wire.STATUS_OK and wire.record_blob(reply, wire.UPLOAD)
+    # the handlers return the reply's content (the ClientApp wraps it in a Message)
+    assert reply.config_records[wire.FEDLORA]["status"] == wire.STATUS_OK and reply.array_records.get(wire.UPLOAD)
 
 
 # ------------------------------------------------------------------------------------------ connect_nodes
 
 
 class _Grid:
-    """Stands in for Flower's Grid: nodes ``partition_ids`` (node id → its partition-id) answer every hello."""
+    """Stands in for Flower's Grid: nodes ``partition_ids`` (node id → its partition-id) answer every hello; a
+    reply names the message it answers in ``reply_to_message_id``, as the SuperLink's do."""
 
     def __init__(self, partition_ids: dict[int, int]) -> None:
         self.partition_ids = partition_ids
         self.sent: list[Message] = []
+        self._replies: dict[str, SimpleNamespace] = {}
 
     def get_node_ids(self) -> list[int]:
         return list(self.partition_ids)
 
-    def send_and_receive(self, messages, timeout=None):
-        self.sent += messages
-        replies = []
-        for message in messages:
+    def push_messages(self, messages):
+        ids = []
+        for i, message in enumerate(messages, start=len(self.sent)):
             node = message.metadata.dst_node_id
             content = RecordDict({wire.FEDLORA: ConfigRecord({"partition_id": self.partition_ids[node]})})
-            replies.append(SimpleNamespace(content=content, metadata=SimpleNamespace(src_node_id=node), has_error=bool))
-        return replies
+            meta = SimpleNamespace(src_node_id=node, reply_to_message_id=f"m{i}")
+            self._replies[f"m{i}"] = SimpleNamespace(content=content, metadata=meta, has_error=lambda: False)
+            ids.append(f"m{i}")
+        self.sent += messages
+        return ids
+
+    def pull_messages(self, ids):
+        return [self._replies.pop(mid) for mid in list(ids) if mid in self._replies]
 
 
 def test_connect_nodes_maps_each_client_to_its_node():
