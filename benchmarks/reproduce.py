@@ -120,6 +120,14 @@ def paired_gap(a: dict[int, float], b: dict[int, float]) -> tuple[float, float, 
     return mean, std, len(gaps)
 
 
+def _mean_std(per_seed: dict[int, float]) -> tuple[float, float]:
+    """Mean and sample std (0 for one value) of a run name's final accuracies over its seeds."""
+    values = list(per_seed.values())
+    mean = sum(values) / len(values)
+    std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5 if len(values) > 1 else 0.0
+    return mean, std
+
+
 def _pct(stat: tuple[float, float] | None) -> str:
     return "—" if stat is None else f"{100 * stat[0]:.1f} ± {100 * stat[1]:.1f}%"
 
@@ -144,10 +152,7 @@ def claims(setting_dir: Path, rep: dict) -> list[str]:
             verdict = "yes" if mean >= -std else "no"
         else:
             verdict = "yes" if mean > std else ("no" if mean < -std else "within noise")
-        numbers = (
-            f"{_pct(_stat(_group(rep, first), 'final_accuracy'))} vs "
-            f"{_pct(_stat(_group(rep, second), 'final_accuracy'))}"
-        )
+        numbers = f"{_pct(_mean_std(by_seed[first]))} vs {_pct(_mean_std(by_seed[second]))}"
         lines.append(f"| {claim} | {numbers} | {100 * mean:+.1f} ± {100 * std:.1f} pts (n={n}) | {verdict} |")
 
     for other in ("hetlora", "flexlora", "flora"):
