@@ -211,7 +211,7 @@ def test_every_method_runs_on_the_encoder_and_the_final_model_is_reproduced(runs
     assert math.isfinite(final["eval_loss"]) and math.isfinite(summary["final_train_loss"])
     model, tokenizer, config = federation.load_final_model(out)
     assert isinstance(model, EncoderClassifier) and model.labels == LABELS
-    _, _, eval_set = load_data(config, tokenizer)
+    _, _, eval_set, _ = load_data(config, tokenizer)
     result = evaluate_heldout(model, tokenizer, eval_set, config.eval.batch_size, tokenizer.pad_token_id)
     assert result["eval_accuracy"] == final["eval_accuracy"]
     assert result["eval_loss"] == pytest.approx(final["eval_loss"], abs=1e-6)  # bit-identical but for merge order

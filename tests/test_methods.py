@@ -67,7 +67,7 @@ def test_exported_adapter_reproduces_final_model(runs, method):
         plain = AutoModelForCausalLM.from_pretrained(out / "base", dtype=torch.float32)(input_ids=IDS).logits
     assert (ours - plain).abs().max() >= 1000 * 1e-5
     # and the rebuilt model is the one the run evaluated last
-    _, _, eval_set = load_data(config, tokenizer)
+    _, _, eval_set, _ = load_data(config, tokenizer)
     result = evaluate_heldout(model, tokenizer, eval_set, config.eval.batch_size, tokenizer.pad_token_id)
     assert result["eval_loss"] == pytest.approx(summary["final_eval"]["eval_loss"], abs=1e-6)
 
