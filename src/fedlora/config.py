@@ -242,8 +242,9 @@ class ServerConfig(_Section):
     @model_validator(mode="before")
     @classmethod
     def _apply_preset(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("preset") in SERVER_PRESETS:
-            return {**SERVER_PRESETS[data["preset"]], **data}
+        preset = data.get("preset") if isinstance(data, dict) else None
+        if isinstance(preset, str) and preset in SERVER_PRESETS:  # anything else: the field's own check names it
+            return {**SERVER_PRESETS[preset], **data}
         return data
 
 
