@@ -128,7 +128,8 @@ def test_files_scheme_run_weights_by_each_files_count(client_files, tmp_path):
     """Without federated evaluation every row of a client's file trains: its recorded size is the file's count,
     and the aggregation weights are those counts over the round's participants."""
     files = [f"client-{cid}/local.jsonl" for cid in range(3)]
-    config = load_config(files_config(client_files, files), ["eval.federated=false", "eval.source=server_eval.jsonl"])
+    overrides = ["eval.federated=false", "eval.source=server_eval.jsonl", "server.weighting=num_examples"]
+    config = load_config(files_config(client_files, files), overrides)  # (FSLoRA's own weighting is uniform)
     summary = federation.run(config, tmp_path / "run")
     assert [c["size"] for c in summary["clients"]] == list(SIZES)
     for record in records(tmp_path / "run"):
