@@ -42,7 +42,7 @@ def _clipped_rounded_normal_moments(mu, sigma, a, b):
 
 @pytest.mark.parametrize(("distribution", "divisor"), [("fslora_normal", 6), ("normal", 4)])
 def test_normal_moments(distribution, divisor):
-    """fslora_normal: N((a+b)/2, (b−a)/6) as in the FSLoRA code's generate_ranks; normal: σ = (b−a)/4."""
+    """fslora_normal: N((a+b)/2, (b−a)/6), generate_ranks in src/main.py of the FSLoRA code; normal: σ = (b−a)/4."""
     a, b = 1, 32
     x = _draw(distribution, a, b)
     mean, std = _clipped_rounded_normal_moments((a + b) / 2, (b - a) / divisor, a, b)
