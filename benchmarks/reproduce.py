@@ -117,14 +117,12 @@ def paired_gap(a: dict[int, float], b: dict[int, float]) -> tuple[float, float, 
     seeds = sorted(set(a) & set(b))
     if not seeds:
         return None
-    gaps = [a[s] - b[s] for s in seeds]
-    mean = sum(gaps) / len(gaps)
-    std = (sum((g - mean) ** 2 for g in gaps) / (len(gaps) - 1)) ** 0.5 if len(gaps) > 1 else 0.0
-    return mean, std, len(gaps)
+    mean, std = _mean_std({s: a[s] - b[s] for s in seeds})
+    return mean, std, len(seeds)
 
 
 def _mean_std(per_seed: dict[int, float]) -> tuple[float, float]:
-    """Mean and sample std (0 for one value) of a run name's final accuracies over its seeds."""
+    """Mean and sample std (0 for one value) of per-seed values (a run's final accuracies, or paired gaps)."""
     values = list(per_seed.values())
     mean = sum(values) / len(values)
     std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5 if len(values) > 1 else 0.0
