@@ -39,11 +39,14 @@ VARIANTS = {
     "fslora-code": ("fslora", ("server.preset=fslora",)),
     "florist-o": ("florist", ("florist.tau=1.0",)),
     "florist-e": ("florist", ("florist.tau=0.8",)),
+    "fslora-s2": ("fslora", ("lora.scaling=constant", "lora.alpha=2")),
     "central": ("fedit", ()),  # overrides from the setting's config: see central_overrides
 }
 """More runs by name: (method, overrides). ``fslora-code``: FSLoRA with its authors' server step (AdamW lr 3e-4);
 ``florist-o`` / ``florist-e``: FLoRIST's accuracy- and efficiency-optimal thresholds (τ = 1 and τ = 0.8, chosen by
-the τ sweep in docs/results.md); ``central``: the centralised ceiling (:func:`central_overrides`)."""
+the τ sweep in docs/results-issue14.md); ``fslora-s2``: FSLoRA at the scale the other methods' papers use (constant
+α = 2), a sensitivity check of its own rsLoRA α = 1 (scale 1/8 at r = 64), not a paper's convention; ``central``:
+the centralised ceiling (:func:`central_overrides`)."""
 STUDY = ("fslora", "fslora-code", "florist-o", "florist-e", "flora", "flexlora", "hetlora", "fedit", "ffa", "central")
 """The runs of issue 15's study, per setting and seed."""
 
@@ -158,6 +161,9 @@ CLAIMS = (
     ("FSLoRA more accurate than FFA-LoRA", "fslora", "ffa", "better"),
     ("FSLoRA (authors' server step) more accurate than HetLoRA", "fslora-code", "hetlora", "better"),
     ("FSLoRA (authors' server step) more accurate than FlexLoRA", "fslora-code", "flexlora", "better"),
+    ("FSLoRA at scale 2 more accurate than HetLoRA (sensitivity)", "fslora-s2", "hetlora", "better"),
+    ("FSLoRA at scale 2 more accurate than FlexLoRA (sensitivity)", "fslora-s2", "flexlora", "better"),
+    ("FSLoRA at scale 2 more accurate than FLoRA (sensitivity)", "fslora-s2", "flora", "better"),
     ("FLoRIST-O more accurate than FLoRA", "florist-o", "flora", "better"),
     ("FLoRIST-O more accurate than FlexLoRA", "florist-o", "flexlora", "better"),
     ("FLoRIST-O more accurate than HetLoRA", "florist-o", "hetlora", "better"),
