@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -191,7 +192,8 @@ def claims(setting_dir: Path, rep: dict) -> list[str]:
             continue
         outcome = decide.verdict(gap)
         if kind == "better":
-            verdict = {"A better": "holds", "B better": "fails (reversed)"}.get(outcome, outcome)
+            verdict = {"A better": "holds", "B better": "fails (reversed)", "no difference": "fails (no difference)"}
+            verdict = verdict.get(outcome, outcome)
         else:
             verdict = {"no difference": "holds"}.get(outcome, f"fails ({outcome})" if "better" in outcome else outcome)
         numbers = f"{_pct(_mean_std(by_seed[first]))} vs {_pct(_mean_std(by_seed[second]))}"
@@ -257,6 +259,35 @@ def flattening(setting_dir: Path, rounds: int) -> list[str]:
     return [*lines, ""]
 
 
+def plot_curves(setting_dir: Path, path: Path) -> None:
+    """Mean held-out accuracy over seeds against the round, one line per run name, with the per-seed range shaded
+    and the last quarter of the rounds marked; legend outside the axes. One small PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    last_round = 0
+    for name, by_seed in sorted(accuracy_curves(setting_dir).items(), key=lambda item: _order(item[0])):
+        rounds = sorted(set.intersection(*({r for r, _ in points} for points in by_seed.values())))
+        values = [[dict(points)[r] for points in by_seed.values()] for r in rounds]
+        means = [100 * sum(v) / len(v) for v in values]
+        style = "k--" if name == "central" else "-"
+        ax.plot(rounds, means, style, marker="o", markersize=3, label=f"{name} (n={len(by_seed)})")
+        ax.fill_between(rounds, [100 * min(v) for v in values], [100 * max(v) for v in values], alpha=0.08)
+        last_round = max(last_round, rounds[-1])
+    ax.axvspan(math.ceil(3 * last_round / 4), last_round, color="grey", alpha=0.1, label="last quarter")
+    ax.set_xlabel("round")
+    ax.set_ylabel("held-out accuracy (%)")
+    ax.set_title(f"{setting_dir.name}: mean over seeds (shaded: min–max over seeds)", fontsize=10)
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def _order(name: str) -> int:
     names = [*METHODS, *VARIANTS]
     return names.index(name) if name in names else len(names)
@@ -313,6 +344,7 @@ def main() -> None:
         sections += claims(args.out / setting, rep)
         rounds = tomllib.loads((CONFIGS / f"{setting}.toml").read_text())["rounds"]
         sections += flattening(args.out / setting, QUICK_ROUNDS if args.quick else rounds)
+        plot_curves(args.out / setting, args.out / setting / "report" / f"{setting}-accuracy_by_method.png")
         sections += task_table(args.out / setting, [*METHODS, *VARIANTS])
     (args.out / "claims.md").write_text("\n".join(sections), encoding="utf-8")
     print("\n".join(sections))
