@@ -182,3 +182,20 @@ def test_training_lowers_train_and_heldout_loss(runs, method):
     before = evaluate_heldout(base, tokenizer, train_set, config.eval.batch_size, pad)["eval_loss"]
     after = evaluate_heldout(model, tokenizer, train_set, config.eval.batch_size, pad)["eval_loss"]
     assert after <= before - 0.03, (before, after)
+
+
+def test_fslora_at_full_budget_is_fedit(runs, tmp_path):
+    """FSLoRA whose every client's budget is the global rank trains the whole pair at scale s·r/r = s, and with FedIT's
+    scale and weighting (the tiny config states both) its server step is FedIT's average: the same final adapter
+    (1e-6) from the same clients and seeds. Guards FSLoRA against a sketch, scale or weighting that silently differs
+    from the plain average; the adapter's B moved from its zero start by far more than the tolerance."""
+    config = load_config(TINY, FAST)
+    out = tmp_path / "fslora-full"
+    full = [config.lora.rank] * config.partition.num_clients
+    federation.run(load_config(TINY, [*FAST, "method=fslora", f"budgets.per_client={full}"]), out)
+    fedit = load_file(runs["fedit"][0] / "adapter" / "adapter_model.safetensors")
+    fslora = load_file(out / "adapter" / "adapter_model.safetensors")
+    assert fedit.keys() == fslora.keys()
+    for name in fedit:
+        torch.testing.assert_close(fslora[name], fedit[name], rtol=0, atol=1e-6)
+    assert max(fedit[n].abs().max().item() for n in fedit if "lora_B" in n) > 1e-3
