@@ -191,3 +191,15 @@ def test_connect_nodes_refuses_a_missing_partition_id():
     that checked its partition-id against another config would)."""
     with pytest.raises(FedloraError, match=r"no SuperNode has partition-id 2 \(one per client 0..3\)"):
         connect_nodes(_Grid({5: 0, 17: 1, 31: 3, 40: 4}), "config", 4, session="s")
+
+
+def test_the_server_log_shows_scalar_figures_and_skips_per_task_dicts(capsys):
+    """A bigbench mixture's evaluation carries eval_task_accuracy, a dict: the server's log line shows the scalar
+    figures and leaves the dict to the records (it used to format every value as a float and crash the run)."""
+    from fedlora.engines.flower.server import LogReporter
+
+    LogReporter().evaluated(
+        "round 2", {"eval_loss": 0.5, "eval_accuracy": 0.75, "eval_task_accuracy": {"navigate": 1.0}}
+    )
+    line = capsys.readouterr().out.strip()
+    assert line == "[fedlora] eval round 2: eval_loss 0.5000, eval_accuracy 0.7500"

@@ -173,7 +173,9 @@ class LogReporter:
         )
 
     def evaluated(self, label: str, result: dict) -> None:
-        self.log(f"eval {label}: " + ", ".join(f"{k} {v:.4f}" for k, v in result.items()))
+        # scalar figures only: a mixture's per-task accuracies (eval_task_accuracy) are a dict, kept in the records
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in result.items() if isinstance(v, int | float))
+        self.log(f"eval {label}: {shown}")
 
 
 def deployment_config(run_config: dict, app_dir: Path | None):
