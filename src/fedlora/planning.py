@@ -34,8 +34,10 @@ from fedlora.network.system import SystemModel
 from fedlora.network.wireless import channel_gain
 from fedlora.setup import build, client_bases, rank_caps
 
-FACTOR_AVERAGING = ("fslora", "fedit", "ffa")
-FULL_RANK = ("fedit", "ffa")
+
+def full_rank(config: RunConfig) -> bool:
+    """Whether every client of the run's method trains lora.rank (FedIT, FFA-LoRA): no budgets to plan."""
+    return config.spec.ranks == "full"
 
 
 @dataclass
@@ -61,15 +63,15 @@ class PilotResult:
     seconds: float
 
 
-def _update_vector(method_name: str, plan: ClientPlan, trained, rank: int) -> torch.Tensor:
-    """x_i: the client's update as one flat vector (factor space for the factor-averaging methods, else model
-    space s·(B'A' − B A) per module)."""
+def _update_vector(update_space: str, plan: ClientPlan, trained, rank: int) -> torch.Tensor:
+    """x_i: the client's update as one flat vector (``update_space`` "factors": factor space, the scattered ΔB, ΔA
+    of the factor-averaging methods; "product": model space s·(B'A' − B A) per module)."""
     from fedlora import sketch
 
     parts = []
     for name, (sent_B, sent_A) in plan.factors.items():
         new_B, new_A = trained[name]
-        if method_name in FACTOR_AVERAGING:
+        if update_space == "factors":
             dB, dA = sketch.scatter_block(new_B - sent_B, new_A - sent_A, plan.context[name], rank)
             parts += [dB.flatten(), dA.flatten()]
         else:
@@ -112,7 +114,7 @@ def _low_rank_dot(config, method, engine, plan: ClientPlan, full: torch.Tensor, 
     (None when it cannot: FedIT / FFA-LoRA always train the full rank, or k_i ≤ k_lo)."""
     from fedlora.federation import download_blob, read_upload
 
-    if config.method in FULL_RANK or getattr(method, "budgets", None) is None or plan.rank <= k_lo:
+    if full_rank(config) or getattr(method, "budgets", None) is None or plan.rank <= k_lo:
         return None
     saved = method.budgets[plan.client_id]
     method.budgets[plan.client_id] = k_lo
@@ -122,7 +124,7 @@ def _low_rank_dot(config, method, engine, plan: ClientPlan, full: torch.Tensor, 
         method.budgets[plan.client_id] = saved
     blob = download_blob(low, 1, seeding.derive_seed(config.seed, "pilot", 1, plan.client_id))
     trained, _ = read_upload(low, engine.run_client(plan.client_id, blob))
-    return float(_update_vector(config.method, low, trained, config.lora.rank) @ full)
+    return float(_update_vector(config.spec.update_space, low, trained, config.lora.rank) @ full)
 
 
 def rank_exponent(dots: list[float], norms: list[float], ratios: list[float], weights: list[float]) -> float:
@@ -144,7 +146,7 @@ def run_pilot(config: RunConfig, work_dir: Path, log: Callable[[str], None] = la
     setup = build(config, work_dir, resume=False)
     n, r = config.partition.num_clients, config.lora.rank
     cap = rank_caps(config)
-    setup.budgets = [r] * n if config.method in FULL_RANK else cap
+    setup.budgets = [r] * n if full_rank(config) else cap
     method = build_method(config, setup)
     engine = InProcessEngine(
         setup.model, setup.layers, setup.client_examples, setup.training, setup.pad_id, bases=client_bases(setup)
@@ -163,7 +165,8 @@ def run_pilot(config: RunConfig, work_dir: Path, log: Callable[[str], None] = la
             upload = engine.run_client(plan.client_id, blob)
             trained, meta = read_upload(plan, upload)
             uploads.append(trained)
-            x = _update_vector(config.method, plan, trained, r)  # one vector at a time: model space can be large
+            # one vector at a time: model space can be large
+            x = _update_vector(config.spec.update_space, plan, trained, r)
             norms.append(float(x @ x))
             mean = a * x if mean is None else mean.add_(x, alpha=a)
             if round_idx == 1:
@@ -180,7 +183,7 @@ def run_pilot(config: RunConfig, work_dir: Path, log: Callable[[str], None] = la
             log(f"pilot round {round_idx}: client {plan.client_id} rank {plan.rank} loss {meta['train_loss']:.4f}")
         signal = float(mean @ mean)
         for plan, norm in zip(plans, norms, strict=True):
-            sketch_share = plan.rank / r if config.method == "fslora" else 1.0  # E‖S x‖² = (r/k)‖x‖²
+            sketch_share = plan.rank / r if config.spec.sketched else 1.0  # E‖S x‖² = (r/k)‖x‖²
             spreads[plan.client_id] += sketch_share * norm / max(signal, 1e-300) / rounds
         method.aggregate(plans, uploads, weights)
         update = method.pending_base_update()
@@ -248,7 +251,7 @@ def fleet_model(config: RunConfig, system: SystemModel, pilot: PilotResult) -> p
     """The planner's view of the fleet: the config's system model plus the pilot's measurements."""
     n, r = config.partition.num_clients, config.lora.rank
     cap = rank_caps(config)
-    if config.method in FULL_RANK:
+    if full_rank(config):
         k_min, k_max = [r] * n, [r] * n
     else:
         k_min = [config.budgets.k_min] * n
@@ -340,7 +343,7 @@ def memory_plan(config: RunConfig, log: Callable[[str], None] = lambda _: None) 
         precisions = [server_precision(config)]
     else:
         precisions = [p for p in PRECISIONS if runnable(p, device) is None]
-    k_min = r if config.method in FULL_RANK else config.budgets.k_min
+    k_min = r if full_rank(config) else config.budgets.k_min
     ranks = sorted({k_min, max(k_min, r // 2), r})
     log(f"memory: measuring one client step at ranks {ranks} with the base in {', '.join(precisions)}")
     measured = footprints(config, precisions, ranks)
@@ -393,7 +396,7 @@ def make_plan(config: RunConfig, config_path: str, work_dir: Path, log: Callable
 
     # the baseline the plan is compared with: uniform sampling of clients_per_round, equal k, equal shares
     m = min(config.sampling.clients_per_round, n)
-    k_equal = [min(model.k_max)] * n if config.method not in FULL_RANK else [r] * n
+    k_equal = [min(model.k_max)] * n if not full_rank(config) else [r] * n
     base = planner.uniform_baseline(model, m, k_equal)
     sys_eq = replace(calibrated, allocation="equal")
     base_round_s = simulated_round_s(sys_eq, model, k_equal, None, per_round=m, seed=config.seed)
@@ -403,7 +406,7 @@ def make_plan(config: RunConfig, config_path: str, work_dir: Path, log: Callable
         "sampling.probs": [round(float(x), 6) for x in chosen.q],
         "network.rank_cost": float(pilot.rank_cost),
     }
-    if config.method not in FULL_RANK:
+    if not full_rank(config):
         settings["budgets.per_client"] = [int(x) for x in chosen.k]
     if system.uplink == "wireless":
         settings["network.allocation"] = policy
