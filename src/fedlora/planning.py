@@ -25,7 +25,6 @@ import torch
 from fedlora import payload, seeding
 from fedlora.config import RunConfig
 from fedlora.engines.inprocess import InProcessEngine
-from fedlora.lora.layer import merge_update
 from fedlora.lora.state import flatten_factors, init_factors
 from fedlora.methods import build_method
 from fedlora.methods.base import ClientPlan
@@ -139,8 +138,12 @@ def rank_exponent(dots: list[float], norms: list[float], ratios: list[float], we
 
 
 def run_pilot(config: RunConfig, work_dir: Path, log: Callable[[str], None] = lambda _: None) -> PilotResult:
-    """Train every client ``planner.pilot_rounds`` rounds at its largest allowed rank and measure (see module)."""
-    from fedlora.federation import aggregation_weights, download_blob, read_upload
+    """Train every client ``planner.pilot_rounds`` rounds at its largest allowed rank and measure (see module).
+
+    Each pilot round is the run's own phases (``fedlora.federation``: plan_round → train_clients → aggregate →
+    merge_pending) over every client, with the pilot's seeds and no faults tolerated; the measurements are taken
+    from each upload as it arrives."""
+    from fedlora.federation import aggregation_weights, merge_pending, plan_round, train_clients
 
     started = time.perf_counter()
     setup = build(config, work_dir, resume=False)
@@ -149,7 +152,13 @@ def run_pilot(config: RunConfig, work_dir: Path, log: Callable[[str], None] = la
     setup.budgets = [r] * n if full_rank(config) else cap
     method = build_method(config, setup)
     engine = InProcessEngine(
-        setup.model, setup.layers, setup.client_examples, setup.training, setup.pad_id, bases=client_bases(setup)
+        setup.model,
+        setup.layers,
+        setup.client_examples,
+        setup.training,
+        setup.pad_id,
+        fail_fast=True,  # a client's error stops the pilot with its traceback
+        bases=client_bases(setup),
     )
     weights = aggregation_weights(config.weighting, [len(ex) for ex in setup.client_examples])
 
@@ -158,12 +167,11 @@ def run_pilot(config: RunConfig, work_dir: Path, log: Callable[[str], None] = la
     dots, dot_norms, ratios, dot_weights = [], [], [], []
     rounds = config.planner.pilot_rounds
     for round_idx in range(1, rounds + 1):
-        plans = [method.plan(c, round_idx, seeding.generator(config.seed, "pilot", round_idx, c)) for c in range(n)]
+        planned = plan_round(method, config.seed, round_idx, list(range(n)), purposes=("pilot", "pilot"))
+        plans = [plan for plan, _ in planned]
         uploads, norms, mean = [], [], None
-        for plan, a in zip(plans, weights, strict=True):
-            blob = download_blob(plan, round_idx, seeding.derive_seed(config.seed, "pilot", round_idx, plan.client_id))
-            upload = engine.run_client(plan.client_id, blob)
-            trained, meta = read_upload(plan, upload)
+        trained_clients = train_clients(engine, planned, round_idx, max_update_norm=None, fail_fast=True)
+        for (plan, blob, upload, (trained, meta)), a in zip(trained_clients, weights, strict=True):
             uploads.append(trained)
             # one vector at a time: model space can be large
             x = _update_vector(config.spec.update_space, plan, trained, r)
@@ -185,10 +193,8 @@ def run_pilot(config: RunConfig, work_dir: Path, log: Callable[[str], None] = la
         for plan, norm in zip(plans, norms, strict=True):
             sketch_share = plan.rank / r if config.spec.sketched else 1.0  # E‖S x‖² = (r/k)‖x‖²
             spreads[plan.client_id] += sketch_share * norm / max(signal, 1e-300) / rounds
-        method.aggregate(plans, uploads, weights)
-        update = method.pending_base_update()
-        if update is not None:
-            merge_update(setup.layers, update)
+        method.aggregate(plans, uploads, weights)  # the pilot measures; it adds no DP noise
+        merge_pending(method, setup.layers)
     beta = rank_exponent(dots, dot_norms, ratios, dot_weights)
     if ratios:
         log(f"pilot: rank-{k_lo} slices move {sum(dots) / sum(dot_norms):.3f} of the full-rank update: β = {beta:.3f}")
