@@ -15,11 +15,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from fedlora import methods
 from fedlora.conventions import convention, scale_rule
-from fedlora.errors import ConfigError
+from fedlora.errors import ConfigError, FedloraError
 from fedlora.lora.scaling import ScaleRule
 from fedlora.methods.flexlora import FlexLoRAConfig
 from fedlora.methods.florist import FloristConfig
 
+CONFIG_FILE = "config.resolved.toml"
+"""A run folder's resolved config (``fedlora.rundir`` writes it)."""
 MIN_RATE = 1e-6
 """Smallest fleet rate (tokens/s, Mbit/s) accepted: slower ones make the simulated round times overflow."""
 
@@ -926,6 +928,34 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
     if config.eval.source is not None:
         config.eval.source = _beside(path, config.eval.source)
     return config
+
+
+def resume_config(run_dir: Path, config: Path | None, overrides: list[str]) -> RunConfig:
+    """The config to resume with: the run's resolved config, with overrides; only ``rounds`` (and the engine:
+    ``engine``, ``[flower]``) may change.
+
+    A CONFIG given with --resume must resolve to the same config (again except those).
+    """
+    resolved = run_dir / CONFIG_FILE
+    if not resolved.is_file():
+        raise FedloraError(f"{run_dir}: not a fedlora run folder ({resolved} is missing)")
+    original = load_config(resolved)
+    wanted = load_config(config, overrides) if config is not None else load_config(resolved, overrides)
+    a = original.model_dump(exclude={"rounds", "engine", "flower"})  # the engine does not change the results
+    b = wanted.model_dump(exclude={"rounds", "engine", "flower"})
+    if a != b:
+        field = _first_difference(a, b)
+        raise FedloraError(f"--resume {run_dir}: config differs from {resolved} at {field}; only rounds may change")
+    return wanted
+
+
+def _first_difference(a: dict, b: dict, prefix: str = "") -> str:
+    for key in a:
+        if a[key] != b.get(key):
+            if isinstance(a[key], dict) and isinstance(b.get(key), dict):
+                return _first_difference(a[key], b[key], f"{prefix}{key}.")
+            return f"{prefix}{key}"
+    return prefix.rstrip(".") or "?"
 
 
 def _beside(config_path: Path, file: str) -> str:
