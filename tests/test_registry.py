@@ -247,3 +247,21 @@ def test_a_users_method_runs_on_flower_sim_like_in_process(toy_plugin, tmp_path)
     fr, ir = _records(tmp_path / "flower"), _records(tmp_path / "inprocess")
     assert [(r["bytes_up"], r["bytes_down"]) for r in fr] == [(r["bytes_up"], r["bytes_down"]) for r in ir]
     assert re.search(r'method = "toy_mix"', (tmp_path / "flower" / "config.resolved.toml").read_text())
+
+
+# ------------------------------------------------------------------------------------------------- docs
+
+
+def test_the_docs_method_list_is_the_registrys():
+    """docs/methods.md's table is ``method_table()`` of the built-ins (regenerate it with ``fedlora methods``)."""
+    text = (ROOT / "docs" / "methods.md").read_text(encoding="utf-8")
+    table = text.split("<!-- methods:begin -->\n", 1)[1].split("\n<!-- methods:end -->", 1)[0]
+    assert set(methods.names()) == set(methods.METHODS)  # no toy left registered by another test
+    assert table == methods.registry.method_table()
+
+
+def test_the_docs_worked_example_is_the_plugin_the_tests_run():
+    text = (ROOT / "docs" / "methods.md").read_text(encoding="utf-8")
+    section = text.split("## Adding your own method", 1)[1]
+    example = section.split("```python\n", 1)[1].split("\n```", 1)[0]
+    assert example == (PLUGINS / "toy_mix.py").read_text(encoding="utf-8").rstrip()

@@ -46,7 +46,8 @@ The interface (stable; extend it only with fields that have defaults):
 - ``PayloadSizes``: ``download`` and ``upload`` (dict tensor name → shape), ``download_what``, ``upload_what``.
 - ``register(spec, replace=False)``, ``get(name)`` (ConfigError naming ``method`` and the known names),
   ``names()`` (registration order: the built-ins first, in the report's order), ``specs()``, ``known(name)``,
-  ``unregister(name)`` (tests), ``import_plugins(modules)`` (what the config's ``plugins = [...]`` does).
+  ``unregister(name)`` (tests), ``import_plugins(modules)`` (what the config's ``plugins = [...]`` does),
+  ``method_table()`` (the docs' method list).
 
 A user's own method: a module in their own package that calls ``fedlora.methods.register(MethodSpec(...))``, listed
 in the config's ``plugins`` (imported when the config is validated, so on Flower the server and every node import
@@ -263,6 +264,27 @@ def get(name: str) -> MethodSpec:
     if spec is None:
         raise ConfigError(unknown_method(name))
     return spec
+
+
+def method_table() -> str:
+    """The registered methods as a Markdown table (docs/methods.md holds it between ``<!-- methods:begin -->`` and
+    ``<!-- methods:end -->``; ``fedlora methods`` prints it)."""
+    rows = [
+        "| method | clients train | server | ranks | merges into base | options | DP | sum-only secure aggregation |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for spec in specs():
+        train, _, server = spec.summary.partition(" | ")
+        options = spec.options() if spec.options is not None else None
+        merges = "yes" if spec.merges(options) else "no"
+        if callable(spec.merges_into_base):
+            merges += " (default options)"
+        fields = ", ".join(f"`{spec.section}.{name}`" for name in spec.options.model_fields) if spec.options else "—"
+        ranks = "k_i per client" if spec.ranks == "per_client" else "`lora.rank` for all"
+        dp = "yes" if spec.dp.ok else f"no: {spec.dp.why}"
+        secure = ("yes" if spec.secure_aggregation.ok else "no") + f": {spec.secure_aggregation.why}"
+        rows.append(f"| `{spec.name}` | {train} | {server} | {ranks} | {merges} | {fields} | {dp} | {secure} |")
+    return "\n".join(rows)
 
 
 def import_plugins(modules: Iterable[str]) -> None:
