@@ -337,3 +337,40 @@ def test_fedlora_eval_bad_inputs_are_one_line_and_exit_2(tiny_runs, tmp_path):
     assert no_adapter.exit_code == 2 and "not a PEFT adapter folder" in no_adapter.output
     bad_key = _cli("eval", str(run_dir), "data.nonsense=1")
     assert bad_key.exit_code == 2 and "nonsense" in bad_key.output
+
+
+def test_loading_the_adapter_raises_no_library_warning(tiny_runs):
+    """fedlora's own PEFT call with every warning an error: PEFT 0.21 reads transformers' deprecated
+    ``is_gradient_checkpointing`` (a FutureWarning `fedlora eval` printed), filtered where fedlora calls PEFT."""
+    import warnings
+
+    import peft  # noqa: F401 - imported before the filter: only the call is under test
+
+    from fedlora.evaluation.standalone import attach_adapter, run_config
+    from fedlora.setup import load_model
+
+    run_dir, _ = tiny_runs["fslora"]
+    model, _, _ = load_model(run_config(run_dir), run_dir, resume=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        attach_adapter(model, run_dir / "adapter")
+
+
+def test_fedlora_eval_prints_no_library_warning(tiny_runs):
+    """`fedlora eval` in a real process (default warning filters, as a user runs it): stderr holds no warning."""
+    import os
+    import subprocess
+    import sys
+
+    run_dir, _ = tiny_runs["fslora"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "fedlora.cli", "eval", str(run_dir)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,  # ≈ 15 s on an idle machine; the 2 shared cores can be far slower
+    )
+    assert result.returncode == 0, result.stderr
+    noisy = [line for line in result.stderr.splitlines() if "warn" in line.lower() or "kernels" in line]
+    assert not noisy, noisy

@@ -258,7 +258,7 @@ class _ClientTwoRaises(federation.InProcessEngine):
 @pytest.fixture(scope="module")
 def simulated(tmp_path_factory, fedlora_cache):
     """Flower-simulation runs (one simulation, one Ray start-up) and the same configs run in-process."""
-    from fedlora.cli import resume_config
+    from fedlora.config import resume_config
     from fedlora.engines.flower.server import run_on_grid
     from fedlora.engines.flower.simulation import simulate
 

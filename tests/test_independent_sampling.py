@@ -24,9 +24,9 @@ from fedlora.lora.state import Factors, ModuleShape
 from fedlora.methods import METHODS
 from fedlora.methods.common import RESIDUAL_TOL, product_term, residual_weight
 from fedlora.methods.factor_averaging import FactorAveraging
-from fedlora.methods.hetlora import HetLoRA
 from fedlora.methods.merging import MergeIntoBase
 from fedlora.methods.truncation import TruncatedGlobal
+from fedlora.methods.zero_padding import HetLoRA
 from fedlora.network.sampling import sample_independent, unbiased_weights
 from fedlora.server_optimizer import ServerOptimizer
 

@@ -97,37 +97,6 @@ class CompositeReporter:
         self._each("evaluated", label, result)
 
 
-def resume_config(run_dir: Path, config: Path | None, overrides: list[str]):
-    """The config to resume with: the run's resolved config, with overrides; only ``rounds`` (and the engine:
-    ``engine``, ``[flower]``) may change.
-
-    A CONFIG given with --resume must resolve to the same config (again except those).
-    """
-    from fedlora import rundir
-    from fedlora.config import load_config
-
-    resolved = run_dir / rundir.CONFIG_FILE
-    if not resolved.is_file():
-        raise FedloraError(f"{run_dir}: not a fedlora run folder ({resolved} is missing)")
-    original = load_config(resolved)
-    wanted = load_config(config, overrides) if config is not None else load_config(resolved, overrides)
-    a = original.model_dump(exclude={"rounds", "engine", "flower"})  # the engine does not change the results
-    b = wanted.model_dump(exclude={"rounds", "engine", "flower"})
-    if a != b:
-        field = _first_difference(a, b)
-        raise FedloraError(f"--resume {run_dir}: config differs from {resolved} at {field}; only rounds may change")
-    return wanted
-
-
-def _first_difference(a: dict, b: dict, prefix: str = "") -> str:
-    for key in a:
-        if a[key] != b.get(key):
-            if isinstance(a[key], dict) and isinstance(b.get(key), dict):
-                return _first_difference(a[key], b[key], f"{prefix}{key}.")
-            return f"{prefix}{key}"
-    return prefix.rstrip(".") or "?"
-
-
 def _run_on_engine(cfg, run_dir: Path, resume: bool, reporter) -> dict:
     """``federation.run`` on the configured engine (``engine = "inprocess" | "flower-sim"``)."""
     from fedlora.setup import check_precisions
@@ -181,7 +150,7 @@ def run(
 ) -> None:
     """Run a federated fine-tune and write config, metrics, summary, adapter and checkpoint into the folder."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from fedlora.config import load_config  # light: config errors are reported before torch is imported
+    from fedlora.config import load_config, resume_config  # light: config errors come before torch is imported
 
     tensorboard = None
     if resume is not None and config is not None and "=" in str(config) and not config.exists():
@@ -385,6 +354,23 @@ def evaluate(
             _fail(FedloraError(f"--out {out}: cannot write ({err.strerror or err})"))
     else:
         print(text, end="")
+
+
+@app.command("methods")
+def list_methods(
+    plugins: Annotated[
+        list[str] | None, typer.Argument(metavar="[PLUGIN ...]", help="modules that register methods of your own")
+    ] = None,
+) -> None:
+    """List the registered methods (and those PLUGIN modules register) as a Markdown table."""
+    from fedlora import methods
+    from fedlora.methods.registry import method_table
+
+    try:
+        methods.import_plugins(plugins or [])
+    except FedloraError as err:
+        _fail(err)
+    typer.echo(method_table())
 
 
 @app.command()

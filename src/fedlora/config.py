@@ -11,23 +11,19 @@ from pathlib import Path
 from typing import Any, Literal
 
 import tomli_w
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from fedlora.conventions import CONVENTIONS, scale_rule
-from fedlora.errors import ConfigError
+from fedlora import methods
+from fedlora.conventions import convention, scale_rule
+from fedlora.errors import ConfigError, FedloraError
 from fedlora.lora.scaling import ScaleRule
+from fedlora.methods.flexlora import FlexLoRAConfig
+from fedlora.methods.florist import FloristConfig
 
+CONFIG_FILE = "config.resolved.toml"
+"""A run folder's resolved config (``fedlora.rundir`` writes it)."""
 MIN_RATE = 1e-6
 """Smallest fleet rate (tokens/s, Mbit/s) accepted: slower ones make the simulated round times overflow."""
-METHODS = ("fslora", "fedit", "ffa", "flora", "florist", "flexlora", "hetlora")
-PRIVATE_METHODS = ("fslora", "fedit", "ffa")
-"""Methods whose aggregate is a weighted sum of client deltas, so clipping + Gaussian noise makes it DP."""
-NOT_PRIVATE_WHY = {
-    "flora": "merges the stack of every client's own factors (each is released as is)",
-    "florist": "takes an SVD of the stack of individual factors (DP would need dense m×n noise on their sum)",
-    "flexlora": "truncates an SVD of the summed products (DP would need each B_k A_k clipped and dense m×n noise)",
-    "hetlora": "averages zero-padded client states, so a client's influence is not bounded by the clip norm",
-}
 
 
 class _Section(BaseModel):
@@ -184,16 +180,6 @@ class BudgetsConfig(_Section):
     """Upper budget for drawn budgets (default: lora.rank)."""
 
 
-class FloristConfig(_Section):
-    """FLoRIST's options."""
-
-    tau: float = Field(0.9, gt=0, le=1)
-    """Energy share kept per module: the smallest rank p with Σ_{i≤p} σ_i² ≥ τ Σ σ_i²; τ = 1 keeps all (FLoRA)."""
-    handoff: Literal["merge", "pad"] = "merge"
-    """"merge": fold the global update into the base, fresh adapters each round (the paper's v1).
-    "pad": send each client the global factors padded/truncated to its rank (the MLSys code)."""
-
-
 SERVER_PRESETS: dict[str, dict[str, Any]] = {
     # wenzhifang/Federated-Sketching-LoRA-Implementation src/LoRA_Sketching.py: torch.optim.AdamW(lr=server_lr)
     # with torch's defaults (betas (0.9, 0.999), eps 1e-8, weight decay 0.01) on the pseudo-gradient, the sum of
@@ -207,15 +193,6 @@ SERVER_PRESETS: dict[str, dict[str, Any]] = {
         "weighting": "uniform",
     }
 }
-
-
-class FlexLoRAConfig(_Section):
-    """FlexLoRA's options."""
-
-    server_rank: Literal["full", "max_client"] = "full"
-    """"full": the server keeps the whole aggregated ΔW = Σ p_k B_k A_k and each client gets its SVD cut at its own
-    rank (the paper's form; held exactly as factors of rank ≤ Σ r_k, from the SVD of the stacked factors, never
-    as m×n). "max_client": the global is truncated at the largest client rank after each round."""
 
 
 class ServerConfig(_Section):
@@ -486,7 +463,12 @@ class RunConfig(_Section):
     """A whole fedlora run."""
 
     seed: int = Field(0, ge=0)
-    method: Literal["fslora", "fedit", "ffa", "flora", "florist", "flexlora", "hetlora"] = "fslora"
+    method: str = "fslora"
+    """A registered method (``fedlora.methods.names()``: the built-ins, and those the ``plugins`` register)."""
+    plugins: list[str] = Field(default_factory=list)
+    """Modules imported when the config is loaded, before ``method`` is checked: a user's own methods register
+    themselves there (``fedlora.methods.register``; docs/methods.md). On Flower the server and every node import
+    them too (they load the same config)."""
     rounds: int = Field(10, ge=1)
     threads: int | None = Field(None, ge=1)
     """torch CPU threads (default: torch's choice)."""
@@ -513,6 +495,35 @@ class RunConfig(_Section):
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
     plan_source: str | None = None
     """The plan file applied with ``plan=PATH`` (informational: its values are already in this config)."""
+    plugin_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    """The option sections of registered methods that are not built in (section name → its keys), as the config
+    file gives them at the top level (``[mymethod]``); validated by the method's options model. Written back at the
+    top level by ``dump_config``."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _import_plugins(cls, data: Any) -> Any:
+        """Import ``plugins`` (so their methods are registered), and gather the top-level sections of registered
+        methods' options that are not fields of this model into ``plugin_options``."""
+        if not isinstance(data, dict):
+            return data
+        plugins = data.get("plugins")
+        if isinstance(plugins, list) and all(isinstance(p, str) for p in plugins):  # else the field's check names it
+            methods.import_plugins(plugins)
+        sections = {spec.section for spec in methods.specs()} - set(cls.model_fields) - {None}
+        found = {key: data[key] for key in sections if key in data}
+        if not found:
+            return data
+        gathered = dict(data.get("plugin_options") or {})
+        gathered.update(found)
+        return {**{k: v for k, v in data.items() if k not in found}, "plugin_options": gathered}
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, name: str) -> str:
+        if not methods.known(name):
+            raise ValueError(methods.registry.unknown_method(name).removeprefix("method: "))
+        return name
 
     @model_validator(mode="before")
     @classmethod
@@ -567,7 +578,7 @@ class RunConfig(_Section):
             raise ValueError(f"fleet.tx_power_dbm: {len(self.fleet.tx_power_dbm)} values for partition.num_clients={n}")
         caps = self.fleet.max_rank
         caps = [caps] * n if isinstance(caps, int) else caps
-        if isinstance(caps, list) and self.method in ("fedit", "ffa") and min(caps) < self.lora.rank:
+        if isinstance(caps, list) and self.spec.ranks == "full" and min(caps) < self.lora.rank:
             i = caps.index(min(caps))
             raise ValueError(
                 f"fleet.max_rank: client {i} can train rank {caps[i]} at most, but {self.method} trains every "
@@ -591,7 +602,34 @@ class RunConfig(_Section):
         self._check_scaling()
         self._check_faults_and_privacy()
         self._check_client_data()
+        self._check_plugin_options()
         return self
+
+    @property
+    def spec(self) -> methods.MethodSpec:
+        """The registry entry of ``method``."""
+        return methods.get(self.method)
+
+    def method_options(self, method: str | None = None) -> Any:
+        """The options of ``method`` (default: this run's), an instance of its spec's ``options`` model, or None."""
+        spec = methods.get(method or self.method)
+        section = spec.section
+        if section is None:
+            return None
+        if section in type(self).model_fields:
+            return getattr(self, section)
+        return spec.options.model_validate(self.plugin_options.get(section, {}))
+
+    def _check_plugin_options(self) -> None:
+        sections = {spec.section: spec for spec in methods.specs() if spec.section is not None}
+        for section, values in self.plugin_options.items():
+            spec = sections.get(section)
+            if spec is None:
+                raise ValueError(f"{section}: unknown section (no registered method has options there)")
+            try:
+                spec.options.model_validate(values)
+            except ValidationError as err:
+                raise ValueError(format_validation_error(err, prefix=section).removeprefix("config: ")) from None
 
     @property
     def scale_rule(self) -> ScaleRule:
@@ -601,10 +639,10 @@ class RunConfig(_Section):
     @property
     def weighting(self) -> str:
         """The aggregation weighting in force: ``server.weighting``, or the method's own when unset."""
-        return self.server.weighting or CONVENTIONS[self.method].weighting
+        return self.server.weighting or convention(self.method).weighting
 
     def _check_scaling(self) -> None:
-        own = CONVENTIONS[self.method]
+        own = convention(self.method)
         if self.lora.alpha is None and self.lora.scaling not in (None, own.scaling):
             raise ValueError(
                 f"lora.alpha: required with lora.scaling = {self.lora.scaling!r}: {self.method}'s own α "
@@ -644,10 +682,11 @@ class RunConfig(_Section):
             )
         if self.privacy.clip_norm is None:
             return
-        if self.method not in PRIVATE_METHODS:
+        if not self.spec.dp.ok:
+            private = [spec.name for spec in methods.specs() if spec.dp.ok]
             raise ValueError(
                 f"privacy.clip_norm: client-level DP needs a method that averages client updates "
-                f"({', '.join(PRIVATE_METHODS)}); {self.method} {NOT_PRIVATE_WHY[self.method]}"
+                f"({', '.join(private)}); {self.method} {self.spec.dp.why}"
             )
         if self.sampling.scheme == "uniform" and self.weighting != "uniform":
             raise ValueError(
@@ -731,11 +770,12 @@ def set_dotted(data: dict[str, Any], path: list[str], value: Any, source: str) -
     node[path[-1]] = value
 
 
-def format_validation_error(err: ValidationError) -> str:
-    """One line naming every bad field: ``config: train.lr: Input should be greater than 0 (got -1)``."""
+def format_validation_error(err: ValidationError, prefix: str | None = None) -> str:
+    """One line naming every bad field: ``config: train.lr: Input should be greater than 0 (got -1)``; ``prefix``:
+    the section the validated model sits in."""
     parts = []
     for e in err.errors():
-        loc = ".".join(_key_text(p) for p in e["loc"])
+        loc = ".".join(_key_text(p) for p in ([prefix] if prefix else []) + list(e["loc"]))
         msg = " ".join(e["msg"].removeprefix("Value error, ").split())
         if e["type"] == "extra_forbidden":
             parts.append(f"{loc}: unknown key")
@@ -890,6 +930,34 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
     return config
 
 
+def resume_config(run_dir: Path, config: Path | None, overrides: list[str]) -> RunConfig:
+    """The config to resume with: the run's resolved config, with overrides; only ``rounds`` (and the engine:
+    ``engine``, ``[flower]``) may change.
+
+    A CONFIG given with --resume must resolve to the same config (again except those).
+    """
+    resolved = run_dir / CONFIG_FILE
+    if not resolved.is_file():
+        raise FedloraError(f"{run_dir}: not a fedlora run folder ({resolved} is missing)")
+    original = load_config(resolved)
+    wanted = load_config(config, overrides) if config is not None else load_config(resolved, overrides)
+    a = original.model_dump(exclude={"rounds", "engine", "flower"})  # the engine does not change the results
+    b = wanted.model_dump(exclude={"rounds", "engine", "flower"})
+    if a != b:
+        field = _first_difference(a, b)
+        raise FedloraError(f"--resume {run_dir}: config differs from {resolved} at {field}; only rounds may change")
+    return wanted
+
+
+def _first_difference(a: dict, b: dict, prefix: str = "") -> str:
+    for key in a:
+        if a[key] != b.get(key):
+            if isinstance(a[key], dict) and isinstance(b.get(key), dict):
+                return _first_difference(a[key], b[key], f"{prefix}{key}.")
+            return f"{prefix}{key}"
+    return prefix.rstrip(".") or "?"
+
+
 def _beside(config_path: Path, file: str) -> str:
     """``file`` as an absolute path, a relative one taken from the config file's folder ("hf:" names as they are)."""
     if file.startswith("hf:") or Path(file).expanduser().is_absolute():
@@ -898,5 +966,10 @@ def _beside(config_path: Path, file: str) -> str:
 
 
 def dump_config(config: RunConfig) -> str:
-    """TOML text that ``load_config`` reads back to an equal config (None fields are omitted)."""
-    return tomli_w.dumps(config.model_dump(mode="json", exclude_none=True))
+    """TOML text that ``load_config`` reads back to an equal config (None fields are omitted; a registered method's
+    options section that is not built in is written at the top level, as the user wrote it)."""
+    data = config.model_dump(mode="json", exclude_none=True)
+    data.update(data.pop("plugin_options", {}))
+    if not data.get("plugins"):
+        data.pop("plugins", None)
+    return tomli_w.dumps(data)

@@ -1,5 +1,12 @@
-"""The round loop, written once: sample → plan payloads → run clients → check uploads → aggregate → evaluate →
-checkpoint.
+"""The round loop, written once, in named phases (each a function below, in this order):
+
+    open_run (open or resume) → [evaluate before training] → per round (run_round):
+        round_participants (sample) → plan_round → train_clients / collect_uploads (run clients, check uploads)
+        → aggregate (DP) → merge_pending → the round's record → evaluate_round → checkpoint_round
+    → write_outputs (adapter, summary)
+
+The planner's pilot (``fedlora.planning.run_pilot``) runs its rounds with the same plan_round, train_clients and
+merge_pending.
 
 It knows nothing of transport: it serialises each client's payload, hands the blob to an engine, and reads
 the blob the engine hands back. Every number a run reports comes from here and goes to the run folder.
@@ -14,6 +21,8 @@ from __future__ import annotations
 
 import platform
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Protocol
@@ -23,7 +32,7 @@ import torch
 from fedlora import __version__, crashpoints, payload, privacy, rundir, seeding
 from fedlora.client.app import eval_blob, install_adapter
 from fedlora.config import RunConfig, dump_config
-from fedlora.engines.base import ClientFailure, Engine
+from fedlora.engines.base import ClientFailure, Engine, NoFederatedEvaluation
 from fedlora.engines.inprocess import ClientEvaluation, InProcessEngine
 from fedlora.errors import CheckpointError, ConfigError, FedloraError
 from fedlora.evaluation.heldout import evaluate_heldout
@@ -31,7 +40,7 @@ from fedlora.lora.export import save_peft_adapter
 from fedlora.lora.layer import merge_update
 from fedlora.lora.state import Factors, flatten_factors
 from fedlora.methods import build_method
-from fedlora.methods.base import ClientPlan
+from fedlora.methods.base import ClientPlan, Method
 from fedlora.network.sampling import sample_independent, unbiased_weights
 from fedlora.setup import RunSetup, build, check_precisions, client_bases
 from fedlora.validation import UpdateRejected, read_upload
@@ -222,11 +231,12 @@ def evaluate_federated(engine, method, fail_fast: bool) -> tuple[dict, list[dict
 
     Returns ({"fed_eval_loss"[, "fed_eval_accuracy"]} (empty when no client answered), the per-client figures
     [{"client", "n", "eval_loss"[, "eval_accuracy"]}], the failures [{"client", "reason"}])."""
-    evaluate = getattr(engine, "evaluate_clients", None)
-    if evaluate is None:
-        raise ConfigError("eval.federated: this engine cannot ask its clients to evaluate")
+    try:
+        results = engine.evaluate_clients(eval_blob(method.eval_adapter()))
+    except NoFederatedEvaluation:
+        raise ConfigError("eval.federated: this engine cannot ask its clients to evaluate") from None
     figures, failures = [], []
-    for cid, result in sorted(evaluate(eval_blob(method.eval_adapter())).items()):
+    for cid, result in sorted(results.items()):
         if isinstance(result, ClientFailure):
             if fail_fast:
                 raise FedloraError(f"client {cid} failed in federated evaluation: {result.reason}")
@@ -257,12 +267,12 @@ def evaluate_round(setup: RunSetup, method, config: RunConfig, engine) -> tuple[
     return result, details
 
 
-def client_summaries(config: RunConfig, setup: RunSetup, engine) -> list[dict]:
+def client_summaries(config: RunConfig, setup: RunSetup, engine: Engine) -> list[dict]:
     """Each client's data summary: from the setup, or as the clients reported it (partition.scheme "nodes": the
     server has none of their data)."""
     if config.partition.scheme != "nodes":
         return setup.client_summaries
-    return list(engine.client_summaries())
+    return list(engine.client_summaries() or [])
 
 
 def method_options(config: RunConfig, method) -> dict:
@@ -295,19 +305,49 @@ def _totals(records: list[dict]) -> dict:
     }
 
 
-def run(
-    config: RunConfig,
-    run_dir: Path,
-    resume: bool = False,
-    reporter: Reporter | None = None,
-    engine: Engine | None = None,
-) -> dict:
-    """Run (or resume) a federation into ``run_dir``; returns the summary written to summary.json.
+# ==================================================================================== the round loop's phases
 
-    ``engine`` carries the clients' payloads (default: in this process, on the server's model)."""
-    reporter = reporter or SilentReporter()
+
+@dataclass
+class RunState:
+    """What the round loop carries from round to round (built by :func:`open_run`)."""
+
+    config: RunConfig
+    run_dir: Path
+    setup: RunSetup
+    method: Method
+    engine: Engine
+    summaries: list[dict]
+    """Each client's data summary (``client_summaries``)."""
+    num_examples: list[int]
+    start_round: int
+    resumed: bool = False
+    """Whether a checkpoint was restored."""
+    records: list[dict] = field(default_factory=list)
+    initial_eval: dict | None = None
+    initial_details: dict = field(default_factory=dict)
+
+
+@dataclass
+class Received:
+    """One round's uploads that passed validation (in participant order), and what failed."""
+
+    plans: list[ClientPlan] = field(default_factory=list)
+    uploads: list[Factors] = field(default_factory=list)
+    metas: list[dict] = field(default_factory=list)
+    downloads: list[int] = field(default_factory=list)
+    """Download bytes of each successful client."""
+    failures: list[dict] = field(default_factory=list)
+    bytes_up: int = 0
+    """Upload bytes of every client that returned one (failed validation or not)."""
+
+
+def open_run(config: RunConfig, run_dir: Path, resume: bool, engine: Engine | None) -> RunState:
+    """Open or resume (the first phase): refuse what cannot run, write the config, load model and data, build the
+    method and the engine, and (resuming) restore the method's state, the merged base and the records up to the
+    checkpoint."""
     check_precisions(config)  # a precision that cannot run here is refused before anything is written
-    if config.partition.scheme == "nodes" and getattr(engine, "client_summaries", None) is None:
+    if config.partition.scheme == "nodes" and (engine is None or engine.client_summaries() is None):
         raise ConfigError(
             'partition.scheme = "nodes": each client\'s data is on its own Flower node (node config data=PATH); '
             'run it with `flwr run` (docs/flower.md), or in-process with partition.scheme = "files"'
@@ -323,166 +363,211 @@ def run(
     setup = build(config, run_dir, resume)
     if checkpoint is not None:  # once model and data have loaded (a failed resume leaves the folder as it was)
         rundir.write_config(run_dir, dump_config(config))  # e.g. more rounds
-    describe_nodes = getattr(engine, "describe_nodes", None)
-    if describe_nodes is not None:  # a federation: which node runs each client, what it reported or refused
-        rundir.write_json(run_dir / "nodes.json", describe_nodes())
+    engine = engine if engine is not None else inprocess_engine(config, setup)
+    nodes = engine.describe_nodes()
+    if nodes is not None:  # a federation: which node runs each client, what it reported or refused
+        rundir.write_json(run_dir / "nodes.json", nodes)
     method = build_method(config, setup)
-    faults = config.faults
-    if engine is None:
-        engine = InProcessEngine(
-            setup.model,
-            setup.layers,
-            setup.client_examples,
-            setup.training,
-            setup.pad_id,
-            deadline_s=faults.round_deadline_s,
-            fail_fast=faults.fail_fast,
-            bases=client_bases(setup),
-            evaluation=ClientEvaluation(
-                setup.tokenizer, setup.client_eval_sets, config.eval.batch_size, config.eval.length_normalize
-            ),
-        )
     summaries = client_summaries(config, setup, engine)
-    num_examples = [int(summary["size"]) for summary in summaries]
-    attach = getattr(engine, "attach_base_history", None)
-    if attach is not None:  # engines whose clients own a base copy (Flower) send the base updates they missed
-        attach(method.base_history)
-
-    # ---------------------------------------------------------------- start or resume
-    start_round, records, initial_eval, initial_details = 1, [], None, {}
+    engine.attach_base_history(method.base_history)  # engines whose clients own a base copy send what they missed
+    state = RunState(config, run_dir, setup, method, engine, summaries, [int(s["size"]) for s in summaries], 1)
     if checkpoint is not None:  # (a run killed before its first checkpoint starts over)
         last, tensors, meta = checkpoint
         method.load_state_tensors(tensors, meta["method_steps"])
         for update in method.base_history():
             merge_update(setup.layers, update)
-        records = rundir.keep_metrics_through(run_dir, last)
-        initial_eval = meta.get("initial_eval")
-        initial_details = meta.get("initial_details") or {}
-        start_round = last + 1
-    else:
-        # no checkpoint yet: lines of an attempt that crashed before its first checkpoint cannot be resumed
+        state.records = rundir.keep_metrics_through(run_dir, last)
+        state.initial_eval = meta.get("initial_eval")
+        state.initial_details = meta.get("initial_details") or {}
+        state.start_round = last + 1
+        state.resumed = True
+    else:  # no checkpoint yet: lines of an attempt that crashed before its first checkpoint cannot be resumed
         rundir.atomic_write_text(run_dir / rundir.METRICS_FILE, "")
-        if config.eval.before:
-            initial_eval, initial_details = evaluate_round(setup, method, config, engine)
-            reporter.evaluated("before training", initial_eval)
-    reporter.run_started(config, setup, start_round)
+    return state
 
-    for round_idx in range(start_round, config.rounds + 1):
-        started = time.perf_counter()
-        # ---------------------------------------------------------------- sample
-        participants = round_participants(config, round_idx)
-        reporter.round_started(round_idx, participants)
 
-        # ---------------------------------------------------------------- plan payloads
-        plans = [
-            method.plan(cid, round_idx, seeding.generator(config.seed, "sketch", round_idx, cid))
-            for cid in participants
-        ]
-        downloads = [
-            download_blob(plan, round_idx, seeding.derive_seed(config.seed, "train", round_idx, plan.client_id))
-            for plan in plans
-        ]
+def inprocess_engine(config: RunConfig, setup: RunSetup) -> InProcessEngine:
+    """The default engine: every client in this process, on the server's model (or a base at its precision)."""
+    return InProcessEngine(
+        setup.model,
+        setup.layers,
+        setup.client_examples,
+        setup.training,
+        setup.pad_id,
+        deadline_s=config.faults.round_deadline_s,
+        fail_fast=config.faults.fail_fast,
+        bases=client_bases(setup),
+        evaluation=ClientEvaluation(
+            setup.tokenizer, setup.client_eval_sets, config.eval.batch_size, config.eval.length_normalize
+        ),
+    )
 
-        # ---------------------------------------------------------------- run clients + check uploads
-        jobs = [(plan.client_id, blob) for plan, blob in zip(plans, downloads, strict=True)]
-        done: list[ClientPlan] = []  # the clients whose upload passed validation, in participant order
-        uploads, metas, done_downloads, failures, bytes_up = [], [], [], [], 0
-        for plan, download, result in zip(plans, downloads, engine.run_clients(jobs), strict=True):
-            bytes_up += len(result) if isinstance(result, bytes) else 0
-            received = receive_upload(plan, result, faults.max_update_norm)
-            if isinstance(received, str):
-                if faults.fail_fast:
-                    raise FedloraError(f"client {plan.client_id} failed in round {round_idx}: {received}")
-                failures.append({"client": plan.client_id, "reason": received})
-                continue
-            factors, meta = received
-            meta["bytes_up"] = len(result)
-            done.append(plan)
-            uploads.append(factors)
-            metas.append(meta)
-            done_downloads.append(len(download))
-            reporter.client_done(round_idx, plan.client_id, plan.rank, float(meta["train_loss"]))
-        crashpoints.reached("round:trained")
-        successful = [plan.client_id for plan in done]
-        timing = setup.system.round(
-            successful,
-            [plan.rank for plan in done],
-            done_downloads,
-            [m["bytes_up"] for m in metas],
-            [int(m["tokens"]) for m in metas],
+
+def plan_round(
+    method: Method, seed: int, round_idx: int, participants: list[int], purposes: tuple[str, str] = ("sketch", "train")
+) -> list[tuple[ClientPlan, bytes]]:
+    """Plan: each participant's assignment (its random draws from ``purposes[0]``) and its
+    download blob (its training seed from ``purposes[1]``); the planner's pilot passes ("pilot", "pilot")."""
+    planned = []
+    for cid in participants:
+        plan = method.plan(cid, round_idx, seeding.generator(seed, purposes[0], round_idx, cid))
+        planned.append((plan, download_blob(plan, round_idx, seeding.derive_seed(seed, purposes[1], round_idx, cid))))
+    return planned
+
+
+def train_clients(
+    engine: Engine,
+    planned: list[tuple[ClientPlan, bytes]],
+    round_idx: int,
+    max_update_norm: float | None,
+    fail_fast: bool,
+) -> Iterator[tuple[ClientPlan, bytes, bytes | ClientFailure, tuple[Factors, dict] | str]]:
+    """Clients train: run the round's clients on ``engine`` and check each upload as it arrives; yields
+    (plan, download, what came back, its checked factors and metadata or why it failed). ``fail_fast``: a failure
+    raises FedloraError naming the client instead."""
+    jobs = [(plan.client_id, blob) for plan, blob in planned]
+    for (plan, download), result in zip(planned, engine.run_clients(jobs), strict=True):
+        received = receive_upload(plan, result, max_update_norm)
+        if isinstance(received, str) and fail_fast:
+            raise FedloraError(f"client {plan.client_id} failed in round {round_idx}: {received}")
+        yield plan, download, result, received
+
+
+def collect_uploads(
+    state: RunState, planned: list[tuple[ClientPlan, bytes]], round_idx: int, reporter: Reporter
+) -> Received:
+    """Clients train (``train_clients``), collected: the successful uploads and the failures, counted."""
+    faults, got = state.config.faults, Received()
+    for plan, download, result, received in train_clients(
+        state.engine, planned, round_idx, faults.max_update_norm, faults.fail_fast
+    ):
+        got.bytes_up += len(result) if isinstance(result, bytes) else 0
+        if isinstance(received, str):
+            got.failures.append({"client": plan.client_id, "reason": received})
+            continue
+        factors, meta = received
+        meta["bytes_up"] = len(result)
+        got.plans.append(plan)
+        got.uploads.append(factors)
+        got.metas.append(meta)
+        got.downloads.append(len(download))
+        reporter.client_done(round_idx, plan.client_id, plan.rank, float(meta["train_loss"]))
+    return got
+
+
+def aggregate(
+    config: RunConfig,
+    method: Method,
+    plans: list[ClientPlan],
+    uploads: list[Factors],
+    weights: list[float],
+    num_examples: list[int],
+    round_idx: int,
+) -> tuple[dict, dict]:
+    """Aggregate (with [privacy]: clipped and noised, ``aggregate_privately``): (the method's facts, the
+    DP facts for the round's record)."""
+    dp_facts: dict = {}
+    if config.privacy.clip_norm is None or not plans:
+        method_facts = method.aggregate(plans, uploads, weights)
+    else:
+        method_facts, dp_facts = aggregate_privately(config, method, plans, uploads, weights, num_examples, round_idx)
+    if config.privacy.clip_norm is not None:
+        dp_facts["dp_epsilon"] = round_epsilon(config, round_idx)
+    return method_facts, dp_facts
+
+
+def merge_pending(method: Method, layers) -> None:
+    """Merge: fold the method's global update of this round into the base (merge-into-base methods)."""
+    update = method.pending_base_update()
+    if update is not None:
+        merge_update(layers, update)
+
+
+def run_round(state: RunState, round_idx: int, reporter: Reporter) -> dict:
+    """One round, its phases in order: sample → plan → clients train → aggregate (DP) → merge → record → evaluate.
+    Returns the round's record (not yet written)."""
+    config, method, started = state.config, state.method, time.perf_counter()
+    participants = round_participants(config, round_idx)
+    reporter.round_started(round_idx, participants)
+    planned = plan_round(method, config.seed, round_idx, participants)
+    got = collect_uploads(state, planned, round_idx, reporter)
+    crashpoints.reached("round:trained")
+
+    successful = [plan.client_id for plan in got.plans]
+    timing = state.setup.system.round(
+        successful,
+        [plan.rank for plan in got.plans],
+        got.downloads,
+        [m["bytes_up"] for m in got.metas],
+        [int(m["tokens"]) for m in got.metas],
+    )
+    weights = round_weights(config, successful, state.num_examples)  # a_i over the successful clients (docs)
+    train_loss = weighted_mean(weights, [float(m["train_loss"]) for m in got.metas])
+    skipped = None
+    plans, uploads = got.plans, got.uploads
+    if participants and len(plans) < config.faults.min_successful:  # the global model stays as it is
+        skipped = (
+            f"{len(plans)} of {len(participants)} clients succeeded "
+            f"(faults.min_successful={config.faults.min_successful})"
         )
+        plans, uploads, weights = [], [], []
+    method_facts, dp_facts = aggregate(config, method, plans, uploads, weights, state.num_examples, round_idx)
+    merge_pending(method, state.setup.layers)
 
-        # ---------------------------------------------------------------- aggregate
-        weights = round_weights(config, successful, num_examples)  # a_i over the successful clients (docs)
-        train_loss = weighted_mean(weights, [float(m["train_loss"]) for m in metas])
-        skipped = None
-        if participants and len(done) < faults.min_successful:  # the global model stays as it is
-            skipped = (
-                f"{len(done)} of {len(participants)} clients succeeded (faults.min_successful={faults.min_successful})"
-            )
-            done, uploads, weights = [], [], []
-        dp_facts: dict = {}
-        if config.privacy.clip_norm is None or not done:
-            method_facts = method.aggregate(done, uploads, weights)
-        else:
-            method_facts, dp_facts = aggregate_privately(
-                config, method, done, uploads, weights, num_examples, round_idx
-            )
-        if config.privacy.clip_norm is not None:
-            dp_facts["dp_epsilon"] = round_epsilon(config, round_idx)
-        base_update = method.pending_base_update()
-        if base_update is not None:
-            merge_update(setup.layers, base_update)
+    record = {
+        "round": round_idx,
+        "method": config.method,
+        "participants": participants,
+        "ranks": [plan.rank for plan, _ in planned],
+        "scales": [plan.scale for plan, _ in planned],
+        "successful": successful,
+        "failures": got.failures,
+        "weights": weights,
+        "bytes_up": got.bytes_up,
+        "bytes_down": sum(len(blob) for _, blob in planned),
+        "sim_round_s": timing.round_s,
+        "sim_time_s": (state.records[-1]["sim_time_s"] if state.records else 0.0) + timing.round_s,
+        "client_sim_s": timing.client_s,
+        "train_loss": train_loss,
+        "client_train_loss": [float(m["train_loss"]) for m in got.metas],
+        **method_facts,
+        **dp_facts,
+    }
+    if skipped is not None:
+        record["skipped"] = skipped
+    if timing.bandwidth_hz is not None:
+        record["client_bandwidth_hz"] = timing.bandwidth_hz
+    record.update(state.engine.round_facts())  # transport facts of engines that have them (Flower: catch-up bytes)
+    if round_idx % config.eval.every == 0 or round_idx == config.rounds:
+        result, details = evaluate_round(state.setup, method, config, state.engine)
+        record.update(result)
+        record.update(details)
+    record["wall_s"] = time.perf_counter() - started
+    return record
 
-        # ---------------------------------------------------------------- evaluate
-        record = {
-            "round": round_idx,
-            "method": config.method,
-            "participants": participants,
-            "ranks": [plan.rank for plan in plans],
-            "scales": [plan.scale for plan in plans],
-            "successful": successful,
-            "failures": failures,
-            "weights": weights,
-            "bytes_up": bytes_up,
-            "bytes_down": sum(len(b) for b in downloads),
-            "sim_round_s": timing.round_s,
-            "sim_time_s": (records[-1]["sim_time_s"] if records else 0.0) + timing.round_s,
-            "client_sim_s": timing.client_s,
-            "train_loss": train_loss,
-            "client_train_loss": [float(m["train_loss"]) for m in metas],
-            **method_facts,
-            **dp_facts,
-        }
-        if skipped is not None:
-            record["skipped"] = skipped
-        if timing.bandwidth_hz is not None:
-            record["client_bandwidth_hz"] = timing.bandwidth_hz
-        engine_facts = getattr(engine, "round_facts", None)
-        if engine_facts is not None:  # transport facts of engines that have them (Flower: catch-up bytes)
-            record.update(engine_facts())
-        if round_idx % config.eval.every == 0 or round_idx == config.rounds:
-            result, details = evaluate_round(setup, method, config, engine)
-            record.update(result)
-            record.update(details)
-        record["wall_s"] = time.perf_counter() - started
 
-        # ---------------------------------------------------------------- record + checkpoint
-        rundir.append_metrics(run_dir, record)
-        records.append(record)
-        rundir.save_checkpoint(
-            run_dir,
-            round_idx,
-            method.state_tensors(),
-            {"method_steps": method.step_count, "initial_eval": initial_eval, "initial_details": initial_details},
-        )
-        reporter.round_done(record)
+def checkpoint_round(state: RunState, record: dict) -> None:
+    """Record and checkpoint: the round's line in metrics.jsonl, then the state a resume needs."""
+    rundir.append_metrics(state.run_dir, record)
+    state.records.append(record)
+    meta = {
+        "method_steps": state.method.step_count,
+        "initial_eval": state.initial_eval,
+        "initial_details": state.initial_details,
+    }
+    rundir.save_checkpoint(state.run_dir, record["round"], state.method.state_tensors(), meta)
 
-    # ------------------------------------------------------------------------ outputs
+
+def write_outputs(state: RunState) -> dict:
+    """Outputs (the last phase): the PEFT adapter and summary.json; returns the summary."""
+    config, setup, method, records = state.config, state.setup, state.method, state.records
     factors, scales = method.export_adapter()
     rslora = config.scale_rule.rslora
-    save_peft_adapter(run_dir / "adapter", factors, scales, config.model.target_modules, setup.base_name, rslora=rslora)
+    save_peft_adapter(
+        state.run_dir / "adapter", factors, scales, config.model.target_modules, setup.base_name, rslora=rslora
+    )
     final = next((r for r in reversed(records) if "eval_loss" in r or "fed_eval_loss" in r), {})
+    initial_details = state.initial_details
     summary = {
         "method": config.method,
         "options": method_options(config, method),
@@ -492,14 +577,14 @@ def run(
         "clients": [
             {**shard, **profile.summary(), "budget": k, **({"precision": p} if p else {})}
             for shard, profile, k, p in zip(
-                summaries,
+                state.summaries,
                 setup.system.profiles,
                 setup.budgets,
                 setup.precisions or [None] * len(setup.budgets),
                 strict=True,
             )
         ],
-        "initial_eval": initial_eval,
+        "initial_eval": state.initial_eval,
         **({"initial_client_eval": initial_details["client_eval"]} if initial_details.get("client_eval") else {}),
         "final_eval": {k: v for k, v in final.items() if k.startswith(("eval_", "fed_eval_"))},
         "final_train_loss": next((r["train_loss"] for r in reversed(records) if r["train_loss"] is not None), None),
@@ -511,8 +596,33 @@ def run(
         "torch_version": torch.__version__,
         "python": platform.python_version(),
     }
-    rundir.write_json(run_dir / rundir.SUMMARY_FILE, summary)
+    rundir.write_json(state.run_dir / rundir.SUMMARY_FILE, summary)
     return summary
+
+
+def run(
+    config: RunConfig,
+    run_dir: Path,
+    resume: bool = False,
+    reporter: Reporter | None = None,
+    engine: Engine | None = None,
+) -> dict:
+    """Run (or resume) a federation into ``run_dir``; returns the summary written to summary.json.
+
+    ``engine`` carries the clients' payloads (default: in this process, on the server's model). The phases:
+    open or resume → (evaluate before training) → per round: sample, plan, clients train, aggregate (DP), merge,
+    record, evaluate, checkpoint → outputs."""
+    reporter = reporter or SilentReporter()
+    state = open_run(config, run_dir, resume, engine)
+    if not state.resumed and config.eval.before:
+        state.initial_eval, state.initial_details = evaluate_round(state.setup, state.method, config, state.engine)
+        reporter.evaluated("before training", state.initial_eval)
+    reporter.run_started(config, state.setup, state.start_round)
+    for round_idx in range(state.start_round, config.rounds + 1):
+        record = run_round(state, round_idx, reporter)
+        checkpoint_round(state, record)
+        reporter.round_done(record)
+    return write_outputs(state)
 
 
 __all__ = ["run", "load_final_model", "sample_clients", "aggregation_weights", "round_participants", "round_weights"]

@@ -25,7 +25,6 @@ import torch
 from fedlora import payload, seeding
 from fedlora.config import RunConfig
 from fedlora.engines.inprocess import InProcessEngine
-from fedlora.lora.layer import merge_update
 from fedlora.lora.state import flatten_factors, init_factors
 from fedlora.methods import build_method
 from fedlora.methods.base import ClientPlan
@@ -34,8 +33,10 @@ from fedlora.network.system import SystemModel
 from fedlora.network.wireless import channel_gain
 from fedlora.setup import build, client_bases, rank_caps
 
-FACTOR_AVERAGING = ("fslora", "fedit", "ffa")
-FULL_RANK = ("fedit", "ffa")
+
+def full_rank(config: RunConfig) -> bool:
+    """Whether every client of the run's method trains lora.rank (FedIT, FFA-LoRA): no budgets to plan."""
+    return config.spec.ranks == "full"
 
 
 @dataclass
@@ -61,15 +62,15 @@ class PilotResult:
     seconds: float
 
 
-def _update_vector(method_name: str, plan: ClientPlan, trained, rank: int) -> torch.Tensor:
-    """x_i: the client's update as one flat vector (factor space for the factor-averaging methods, else model
-    space s·(B'A' − B A) per module)."""
+def _update_vector(update_space: str, plan: ClientPlan, trained, rank: int) -> torch.Tensor:
+    """x_i: the client's update as one flat vector (``update_space`` "factors": factor space, the scattered ΔB, ΔA
+    of the factor-averaging methods; "product": model space s·(B'A' − B A) per module)."""
     from fedlora import sketch
 
     parts = []
     for name, (sent_B, sent_A) in plan.factors.items():
         new_B, new_A = trained[name]
-        if method_name in FACTOR_AVERAGING:
+        if update_space == "factors":
             dB, dA = sketch.scatter_block(new_B - sent_B, new_A - sent_A, plan.context[name], rank)
             parts += [dB.flatten(), dA.flatten()]
         else:
@@ -112,7 +113,7 @@ def _low_rank_dot(config, method, engine, plan: ClientPlan, full: torch.Tensor, 
     (None when it cannot: FedIT / FFA-LoRA always train the full rank, or k_i ≤ k_lo)."""
     from fedlora.federation import download_blob, read_upload
 
-    if config.method in FULL_RANK or getattr(method, "budgets", None) is None or plan.rank <= k_lo:
+    if full_rank(config) or getattr(method, "budgets", None) is None or plan.rank <= k_lo:
         return None
     saved = method.budgets[plan.client_id]
     method.budgets[plan.client_id] = k_lo
@@ -122,7 +123,7 @@ def _low_rank_dot(config, method, engine, plan: ClientPlan, full: torch.Tensor, 
         method.budgets[plan.client_id] = saved
     blob = download_blob(low, 1, seeding.derive_seed(config.seed, "pilot", 1, plan.client_id))
     trained, _ = read_upload(low, engine.run_client(plan.client_id, blob))
-    return float(_update_vector(config.method, low, trained, config.lora.rank) @ full)
+    return float(_update_vector(config.spec.update_space, low, trained, config.lora.rank) @ full)
 
 
 def rank_exponent(dots: list[float], norms: list[float], ratios: list[float], weights: list[float]) -> float:
@@ -137,17 +138,27 @@ def rank_exponent(dots: list[float], norms: list[float], ratios: list[float], we
 
 
 def run_pilot(config: RunConfig, work_dir: Path, log: Callable[[str], None] = lambda _: None) -> PilotResult:
-    """Train every client ``planner.pilot_rounds`` rounds at its largest allowed rank and measure (see module)."""
-    from fedlora.federation import aggregation_weights, download_blob, read_upload
+    """Train every client ``planner.pilot_rounds`` rounds at its largest allowed rank and measure (see module).
+
+    Each pilot round is the run's own phases (``fedlora.federation``: plan_round → train_clients → aggregate →
+    merge_pending) over every client, with the pilot's seeds and no faults tolerated; the measurements are taken
+    from each upload as it arrives."""
+    from fedlora.federation import aggregation_weights, merge_pending, plan_round, train_clients
 
     started = time.perf_counter()
     setup = build(config, work_dir, resume=False)
     n, r = config.partition.num_clients, config.lora.rank
     cap = rank_caps(config)
-    setup.budgets = [r] * n if config.method in FULL_RANK else cap
+    setup.budgets = [r] * n if full_rank(config) else cap
     method = build_method(config, setup)
     engine = InProcessEngine(
-        setup.model, setup.layers, setup.client_examples, setup.training, setup.pad_id, bases=client_bases(setup)
+        setup.model,
+        setup.layers,
+        setup.client_examples,
+        setup.training,
+        setup.pad_id,
+        fail_fast=True,  # a client's error stops the pilot with its traceback
+        bases=client_bases(setup),
     )
     weights = aggregation_weights(config.weighting, [len(ex) for ex in setup.client_examples])
 
@@ -156,14 +167,14 @@ def run_pilot(config: RunConfig, work_dir: Path, log: Callable[[str], None] = la
     dots, dot_norms, ratios, dot_weights = [], [], [], []
     rounds = config.planner.pilot_rounds
     for round_idx in range(1, rounds + 1):
-        plans = [method.plan(c, round_idx, seeding.generator(config.seed, "pilot", round_idx, c)) for c in range(n)]
+        planned = plan_round(method, config.seed, round_idx, list(range(n)), purposes=("pilot", "pilot"))
+        plans = [plan for plan, _ in planned]
         uploads, norms, mean = [], [], None
-        for plan, a in zip(plans, weights, strict=True):
-            blob = download_blob(plan, round_idx, seeding.derive_seed(config.seed, "pilot", round_idx, plan.client_id))
-            upload = engine.run_client(plan.client_id, blob)
-            trained, meta = read_upload(plan, upload)
+        trained_clients = train_clients(engine, planned, round_idx, max_update_norm=None, fail_fast=True)
+        for (plan, blob, upload, (trained, meta)), a in zip(trained_clients, weights, strict=True):
             uploads.append(trained)
-            x = _update_vector(config.method, plan, trained, r)  # one vector at a time: model space can be large
+            # one vector at a time: model space can be large
+            x = _update_vector(config.spec.update_space, plan, trained, r)
             norms.append(float(x @ x))
             mean = a * x if mean is None else mean.add_(x, alpha=a)
             if round_idx == 1:
@@ -180,12 +191,10 @@ def run_pilot(config: RunConfig, work_dir: Path, log: Callable[[str], None] = la
             log(f"pilot round {round_idx}: client {plan.client_id} rank {plan.rank} loss {meta['train_loss']:.4f}")
         signal = float(mean @ mean)
         for plan, norm in zip(plans, norms, strict=True):
-            sketch_share = plan.rank / r if config.method == "fslora" else 1.0  # E‖S x‖² = (r/k)‖x‖²
+            sketch_share = plan.rank / r if config.spec.sketched else 1.0  # E‖S x‖² = (r/k)‖x‖²
             spreads[plan.client_id] += sketch_share * norm / max(signal, 1e-300) / rounds
-        method.aggregate(plans, uploads, weights)
-        update = method.pending_base_update()
-        if update is not None:
-            merge_update(setup.layers, update)
+        method.aggregate(plans, uploads, weights)  # the pilot measures; it adds no DP noise
+        merge_pending(method, setup.layers)
     beta = rank_exponent(dots, dot_norms, ratios, dot_weights)
     if ratios:
         log(f"pilot: rank-{k_lo} slices move {sum(dots) / sum(dot_norms):.3f} of the full-rank update: β = {beta:.3f}")
@@ -248,7 +257,7 @@ def fleet_model(config: RunConfig, system: SystemModel, pilot: PilotResult) -> p
     """The planner's view of the fleet: the config's system model plus the pilot's measurements."""
     n, r = config.partition.num_clients, config.lora.rank
     cap = rank_caps(config)
-    if config.method in FULL_RANK:
+    if full_rank(config):
         k_min, k_max = [r] * n, [r] * n
     else:
         k_min = [config.budgets.k_min] * n
@@ -340,7 +349,7 @@ def memory_plan(config: RunConfig, log: Callable[[str], None] = lambda _: None) 
         precisions = [server_precision(config)]
     else:
         precisions = [p for p in PRECISIONS if runnable(p, device) is None]
-    k_min = r if config.method in FULL_RANK else config.budgets.k_min
+    k_min = r if full_rank(config) else config.budgets.k_min
     ranks = sorted({k_min, max(k_min, r // 2), r})
     log(f"memory: measuring one client step at ranks {ranks} with the base in {', '.join(precisions)}")
     measured = footprints(config, precisions, ranks)
@@ -393,7 +402,7 @@ def make_plan(config: RunConfig, config_path: str, work_dir: Path, log: Callable
 
     # the baseline the plan is compared with: uniform sampling of clients_per_round, equal k, equal shares
     m = min(config.sampling.clients_per_round, n)
-    k_equal = [min(model.k_max)] * n if config.method not in FULL_RANK else [r] * n
+    k_equal = [min(model.k_max)] * n if not full_rank(config) else [r] * n
     base = planner.uniform_baseline(model, m, k_equal)
     sys_eq = replace(calibrated, allocation="equal")
     base_round_s = simulated_round_s(sys_eq, model, k_equal, None, per_round=m, seed=config.seed)
@@ -403,7 +412,7 @@ def make_plan(config: RunConfig, config_path: str, work_dir: Path, log: Callable
         "sampling.probs": [round(float(x), 6) for x in chosen.q],
         "network.rank_cost": float(pilot.rank_cost),
     }
-    if config.method not in FULL_RANK:
+    if not full_rank(config):
         settings["budgets.per_client"] = [int(x) for x in chosen.k]
     if system.uplink == "wireless":
         settings["network.allocation"] = policy

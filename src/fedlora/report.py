@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fedlora import methods
 from fedlora.errors import FedloraError
 
 CONFIG_FILE = "config.resolved.toml"  # the names of fedlora.rundir (not imported: it loads torch)
@@ -56,7 +57,6 @@ METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 LATEST_CHECKPOINT = "checkpoint/latest.json"
 
-METHOD_ORDER = ("fslora", "florist", "flora", "flexlora", "hetlora", "fedit", "ffa")
 DEFAULT_IGNORED = ("seed", "log", "plan_source")
 LABEL_KEYS = 3
 """At most this many differing keys in a group's label (report.json lists them all)."""
@@ -295,7 +295,10 @@ class Group:
 
 
 def _method_rank(method: str) -> tuple[int, str]:
-    return (METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER), method)
+    """The report's order: the registry's (built-ins first, in ``fedlora.methods.BUILTIN_MODULES`` order), then
+    methods this process has not registered, by name."""
+    order = methods.names()
+    return (order.index(method) if method in order else len(order), method)
 
 
 _MISSING = object()
@@ -311,7 +314,7 @@ def _value_order(value: Any) -> tuple[int, float, str]:
 
 
 def group_runs(runs: Sequence[Run], ignored: Sequence[str] = DEFAULT_IGNORED) -> list[Group]:
-    """The runs grouped by experiment, labelled, in the report's order (METHOD_ORDER, then the differing keys;
+    """The runs grouped by experiment, labelled, in the report's order (the registry's, then the differing keys;
     runs by seed, then folder)."""
     buckets: dict[str, Group] = {}
     for run in runs:

@@ -17,9 +17,9 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from fedlora import crashpoints
+from fedlora.config import CONFIG_FILE
 from fedlora.errors import CheckpointError
 
-CONFIG_FILE = "config.resolved.toml"
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 CHECKPOINT_DIR = "checkpoint"

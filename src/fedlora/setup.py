@@ -375,9 +375,10 @@ def eval_set_for(template, rows: list[dict], tokenizer, max_len: int, encoder: b
 
 
 def client_budgets(config: RunConfig) -> list[int]:
-    """k_i per client: FedIT and FFA-LoRA train full rank; the others take the given list or draw one."""
+    """k_i per client: a full-rank method's (FedIT, FFA-LoRA) clients train lora.rank; the others take the given
+    list or draw one."""
     n, rank = config.partition.num_clients, config.lora.rank
-    if config.method in ("fedit", "ffa"):
+    if config.spec.ranks == "full":
         return [rank] * n
     fs = config.budgets
     if fs.per_client is not None:
@@ -435,8 +436,23 @@ def client_precisions(config: RunConfig) -> list[str]:
 
 
 def merges_into_base(config: RunConfig) -> bool:
-    """Whether the method folds each round's global update into the frozen base (FLoRA; FLoRIST v1)."""
-    return config.method == "flora" or (config.method == "florist" and config.florist.handoff == "merge")
+    """Whether the method folds each round's global update into the frozen base (FLoRA; FLoRIST v1): its registry
+    entry's ``merges_into_base`` under the run's options."""
+    return config.spec.merges(config.method_options())
+
+
+def _frozen_base_methods() -> list[str]:
+    """The registered methods that keep the base frozen under their default options (for the error above)."""
+    from fedlora import methods
+
+    frozen = []
+    for spec in methods.specs():
+        options = spec.options() if spec.options is not None else None
+        if not spec.merges(options):
+            frozen.append(spec.name)
+        elif spec.options is not None:
+            frozen.append(f"{spec.name} with other [{spec.section}] options")
+    return frozen
 
 
 def check_precisions(config: RunConfig, precisions: list[str] | None = None) -> None:
@@ -456,8 +472,7 @@ def check_precisions(config: RunConfig, precisions: list[str] | None = None) -> 
             raise ConfigError(
                 f"fleet.precision: client {i} holds its base in {precisions[i]} but {config.method} merges every "
                 f"round's update into the base, which only works on the server's {server} base; give every client "
-                f'{server}, or use a method that keeps the base frozen (florist.handoff = "pad", fslora, fedit, ffa, '
-                "flexlora, hetlora)"
+                f"{server}, or use a method that keeps the base frozen ({', '.join(_frozen_base_methods())})"
             )
 
 

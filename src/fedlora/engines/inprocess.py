@@ -23,7 +23,7 @@ from torch import nn
 from fedlora.client.app import evaluate_download, run_client
 from fedlora.client.bases import ClientBases
 from fedlora.client.train import LocalTraining
-from fedlora.engines.base import ClientFailure
+from fedlora.engines.base import ClientFailure, Engine
 from fedlora.lora.layer import LoRALinear
 
 log = logging.getLogger("fedlora")
@@ -46,7 +46,7 @@ class ClientEvaluation:
     length_normalize: bool = False
 
 
-class InProcessEngine:
+class InProcessEngine(Engine):
     def __init__(
         self,
         model: nn.Module,

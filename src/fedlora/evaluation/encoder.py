@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from fedlora.data.tokenize import CLASS_LABEL, collate
+from fedlora.evaluation.accuracy import task_accuracy
 from fedlora.models.encoder import EncoderClassifier
 
 __all__ = ["classifier_logits", "evaluate_classifier"]
@@ -49,8 +50,6 @@ def evaluate_classifier(model: EncoderClassifier, eval_set, batch_size: int, pad
 
     ``eval_set.encoded`` holds :func:`~fedlora.data.tokenize.encode_text_label` examples (with ``class_label``).
     """
-    from fedlora.evaluation.heldout import task_accuracy
-
     encoded = eval_set.encoded
     if not encoded:
         raise ValueError("evaluation set is empty")

@@ -7,10 +7,10 @@ Both come from one forward pass per example where the options are single tokens
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 
 from torch import nn
 
+from fedlora.evaluation.accuracy import task_accuracy
 from fedlora.evaluation.encoder import evaluate_classifier
 from fedlora.evaluation.fused import loss_and_option_scores
 from fedlora.evaluation.scoring import pick_options
@@ -47,11 +47,3 @@ def evaluate_heldout(
         if eval_set.tasks is not None:
             result["eval_task_accuracy"] = task_accuracy(eval_set.tasks, predicted.tolist(), eval_set.gold)
     return result
-
-
-def task_accuracy(tasks: list[str], predicted: list[int], gold: list[int]) -> dict[str, float]:
-    """Accuracy per task, tasks in sorted order."""
-    hits: dict[str, list[int]] = defaultdict(list)
-    for task, p, g in zip(tasks, predicted, gold, strict=True):
-        hits[task].append(int(p == g))
-    return {task: sum(h) / len(h) for task, h in sorted(hits.items())}

@@ -10,6 +10,8 @@ held-out split (or on other data, through ``key=value`` overrides of the run's c
 
 from __future__ import annotations
 
+import logging
+import warnings
 from pathlib import Path
 
 import torch
@@ -38,15 +40,37 @@ def check_adapter_dir(adapter_dir: Path) -> None:
         raise ConfigError(f"{adapter_dir}: not a PEFT adapter folder (missing {', '.join(missing)})")
 
 
+GRADIENT_CHECKPOINTING_DEPRECATION = r"`is_gradient_checkpointing` is deprecated"
+"""The start of transformers' FutureWarning that PEFT triggers when it wraps a model (filtered where we call it)."""
+
+
+def _import_peft_model():
+    """``peft.PeftModel``. Importing PEFT imports bitsandbytes, which on a CPU with AVX512-BF16 logs a warning that
+    the optional ``kernels`` package is missing (bitsandbytes/backends/cpu/ops.py): it concerns 4-bit training, not
+    loading an adapter, so that one logger is quiet while PEFT is imported here."""
+    bnb_cpu = logging.getLogger("bitsandbytes.backends.cpu.ops")
+    level = bnb_cpu.level
+    bnb_cpu.setLevel(logging.ERROR)
+    try:
+        from peft import PeftModel
+    finally:
+        bnb_cpu.setLevel(level)
+    return PeftModel
+
+
 def attach_adapter(model: nn.Module, adapter_dir: Path) -> nn.Module:
     """Load a PEFT LoRA adapter into ``model`` in place (onto the bare encoder of an encoder classifier)."""
-    from peft import PeftModel
+    PeftModel = _import_peft_model()  # noqa: N806 - the class, imported late
 
     from fedlora.models.encoder import EncoderClassifier
 
     target = model.backbone if isinstance(model, EncoderClassifier) else model
     try:
-        PeftModel.from_pretrained(target, str(adapter_dir), is_trainable=False)
+        with warnings.catch_warnings():
+            # PEFT 0.21's PeftModel.__init__ reads transformers' deprecated `is_gradient_checkpointing` (peft_model.py,
+            # getattr(model, "is_gradient_checkpointing", True)): the FutureWarning is PEFT's, not the user's to act on
+            warnings.filterwarnings("ignore", message=GRADIENT_CHECKPOINTING_DEPRECATION, category=FutureWarning)
+            PeftModel.from_pretrained(target, str(adapter_dir), is_trainable=False)
     except Exception as err:  # noqa: BLE001 - a mismatched adapter (keys, shapes) is the user's input
         first = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
         raise ConfigError(f"{adapter_dir}: the adapter does not fit the run's base model: {first}") from None

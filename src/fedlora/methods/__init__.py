@@ -1,4 +1,4 @@
-"""Federated methods: what each client receives and how the server aggregates.
+"""Federated methods: what each client receives and how the server aggregates, one module per method.
 
 | method   | clients train                      | server                                         |
 |----------|------------------------------------|------------------------------------------------|
@@ -9,54 +9,101 @@
 | florist  | fresh rank-r_k adapters (v1)       | exact SVD from stacks, energy τ, merge         |
 | flexlora | rank-r_k cut of the global ΔW      | Σ ΔW_k kept whole (SVD), cut per client        |
 | hetlora  | rank-r_k cut of the global pair    | zero-pad, average, keep largest rank           |
+
+Each method module (``fedlora.methods.<name>``) registers a :class:`MethodSpec` (``fedlora.methods.registry``,
+whose docstring describes the interface). Importing this package registers the built-in methods listed in
+``BUILTIN_MODULES`` (a new built-in method adds its module there); a user's own method registers itself from its
+own package (config ``plugins = ["mypkg.mymethod"]``; docs/methods.md). The state classes (``factor_averaging``,
+``merging``, ``truncation``, ``zero_padding``) import torch; this package and the method modules do not.
 """
 
 from __future__ import annotations
 
-from functools import partial
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from fedlora import aggregation, seeding
-from fedlora.methods.base import ClientPlan, Method
-from fedlora.methods.factor_averaging import FactorAveraging
-from fedlora.methods.hetlora import HetLoRA
-from fedlora.methods.merging import MergeIntoBase
-from fedlora.methods.truncation import TruncatedGlobal
-from fedlora.server_optimizer import ServerOptimizer
+from fedlora.methods.registry import (
+    BuildContext,
+    Convention,
+    Fit,
+    MethodSpec,
+    Options,
+    PayloadContext,
+    PayloadSizes,
+    factor_payload,
+    factor_tensors,
+    get,
+    import_plugins,
+    known,
+    names,
+    register,
+    specs,
+    unregister,
+)
 
-METHODS = ("fslora", "fedit", "ffa", "flora", "florist", "flexlora", "hetlora")
+if TYPE_CHECKING:
+    from fedlora.methods.base import ClientPlan, Method
+
+BUILTIN_MODULES = ("fslora", "florist", "flora", "flexlora", "hetlora", "fedit", "ffa")
+"""The built-in method modules, imported (and so registered) in this order: the report's order."""
+
+for _module in BUILTIN_MODULES:
+    importlib.import_module(f"fedlora.methods.{_module}")
+
+METHODS: tuple[str, ...] = names()
+"""The built-in methods (a user's registered methods are in :func:`names`)."""
+
+
+def build_context(config, shapes, budgets) -> BuildContext:
+    """What ``config.method``'s builder receives, over the model's LoRA modules and the clients' budgets."""
+    return BuildContext(
+        name=config.method,
+        shapes=shapes,
+        budgets=list(budgets),
+        rank=config.lora.rank,
+        scale=config.scale_rule,
+        seed=config.seed,
+        options=config.method_options(),
+        server=config.server,
+        config=config,
+    )
 
 
 def build_method(config, setup) -> Method:
-    """The method named by ``config.method`` over the model's LoRA target modules."""
-    name, shapes, budgets = config.method, setup.shapes, setup.budgets
-    scale = config.scale_rule
-    init = seeding.generator(config.seed, "init")
-    if name in ("fslora", "fedit", "ffa"):
-        s = config.server
-        optimizer = ServerOptimizer(s.optimizer, s.lr, tuple(s.betas), s.eps, s.weight_decay)
-        sketched = budgets if name == "fslora" else None
-        return FactorAveraging(name, shapes, config.lora.rank, scale, sketched, optimizer, init, freeze_A=name == "ffa")
-    if name == "flora":
-        return MergeIntoBase(name, shapes, scale, budgets, aggregation.flora, {})
-    if name == "florist" and config.florist.handoff == "merge":
-        combine = partial(aggregation.florist, tau=config.florist.tau)
-        return MergeIntoBase(name, shapes, scale, budgets, combine, {"tau": config.florist.tau})
-    if name == "florist":
-        combine = partial(aggregation.florist, tau=config.florist.tau)
-        options = {"tau": config.florist.tau, "handoff": "pad/truncate the global factors (MLSys code)"}
-        return TruncatedGlobal(name, shapes, scale, budgets, combine, init, options)
-    if name == "flexlora" and config.flexlora.server_rank == "full":
-        # the exact SVD of Σ w_k ΔW_k from the stacked factors: FlexLoRA's dense SVD without forming m×n
-        combine = partial(aggregation.florist, tau=1.0)
-        options = {"server_rank": "full", "handoff": "rank-r_k SVD cut of the whole aggregated update"}
-        return TruncatedGlobal(name, shapes, scale, budgets, combine, init, options)
-    if name == "flexlora":
-        combine = partial(aggregation.flexlora, rank=max(budgets))
-        options = {"server_rank": "max_client", "handoff": "rank-r_k SVD cut of the global truncated at max r_k"}
-        return TruncatedGlobal(name, shapes, scale, budgets, combine, init, options)
-    if name == "hetlora":
-        return HetLoRA(shapes, scale, budgets, init)
-    raise ValueError(f"method: unknown method {name!r}")
+    """The server state of the method named by ``config.method`` over the model's LoRA target modules
+    (``setup.shapes``) and the clients' budgets (``setup.budgets``)."""
+    return get(config.method).build(build_context(config, setup.shapes, setup.budgets))
 
 
-__all__ = ["METHODS", "ClientPlan", "Method", "build_method"]
+def __getattr__(name: str) -> Any:  # the torch-heavy protocol types, imported on first use
+    if name in ("ClientPlan", "Method"):
+        from fedlora.methods import base
+
+        return getattr(base, name)
+    raise AttributeError(f"module 'fedlora.methods' has no attribute {name!r}")
+
+
+__all__ = [
+    "BUILTIN_MODULES",
+    "METHODS",
+    "BuildContext",
+    "ClientPlan",
+    "Convention",
+    "Fit",
+    "Method",
+    "MethodSpec",
+    "Options",
+    "PayloadContext",
+    "PayloadSizes",
+    "build_context",
+    "build_method",
+    "factor_payload",
+    "factor_tensors",
+    "get",
+    "import_plugins",
+    "known",
+    "names",
+    "register",
+    "specs",
+    "unregister",
+]

@@ -38,6 +38,11 @@ from fedlora.privacy import GaussianNoise
 from fedlora.server_optimizer import ServerOptimizer
 
 
+def server_optimizer(server) -> ServerOptimizer:
+    """The server step of the ``[server]`` config section (optimizer, lr, betas, eps, weight_decay)."""
+    return ServerOptimizer(server.optimizer, server.lr, tuple(server.betas), server.eps, server.weight_decay)
+
+
 class FactorAveraging(GlobalAdapterState):
     """The global rank-r adapter and its update rule.
 

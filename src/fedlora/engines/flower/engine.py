@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from flwr.app import ConfigRecord, Message, RecordDict
 
 from fedlora import payload
-from fedlora.engines.base import ClientFailure
+from fedlora.engines.base import ClientFailure, Engine
 from fedlora.engines.flower import wire
 from fedlora.engines.flower.limits import blob_over_limit
 from fedlora.errors import FedloraError
@@ -123,7 +123,7 @@ def exchange(
     return replies
 
 
-class FlowerGridEngine:
+class FlowerGridEngine(Engine):
     """fedlora clients on Flower SuperNodes: ``nodes`` maps each client id to the node id that runs it."""
 
     def __init__(

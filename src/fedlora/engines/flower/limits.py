@@ -16,10 +16,12 @@ per tensor beyond its name), so they are upper bounds; the tests check them agai
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from fedlora.errors import ConfigError
+from fedlora.methods import PayloadContext
 
 FLOAT_BYTES = 4
 """Factors travel as float32 (``fedlora.lora.state`` makes them so)."""
@@ -40,49 +42,36 @@ class PayloadBound:
     upload_what: str
 
 
-def _factor_bytes(shapes: Mapping[str, tuple[int, int]], rank_of: Mapping[str, int], prefix: str) -> int:
-    """Bytes of the blob part holding B (m×k) and A (k×n) of every module at rank ``rank_of[module]``."""
-    total = 0
-    for name, (m, n) in shapes.items():
-        k = rank_of[name]
-        total += (m + n) * k * FLOAT_BYTES
-        total += 2 * HEADER_BYTES_PER_TENSOR + len(f"{prefix}{name}.lora_B") + len(f"{prefix}{name}.lora_A")
+def _blob_bytes(tensors: Mapping[str, tuple[int, ...]]) -> int:
+    """Upper bound of a blob holding these float32 tensors (name → shape): data, header per tensor, fixed header."""
+    total = HEADER_BYTES_FIXED
+    for name, shape in tensors.items():
+        total += math.prod(shape) * FLOAT_BYTES + HEADER_BYTES_PER_TENSOR + len(name)
     return total
-
-
-def merges_into_base(config) -> bool:
-    """FLoRA and FLoRIST v1: fresh adapters from a seed, the previous round's update sent as "sync."."""
-    return config.method == "flora" or (config.method == "florist" and config.florist.handoff == "merge")
 
 
 def payload_bound(config, shapes: Mapping[str, tuple[int, int]], budgets: Sequence[int]) -> PayloadBound:
     """The largest download and upload blob of any client in any round of ``config``.
 
     ``shapes``: LoRA module name → (out_features m, in_features n); ``budgets``: each client's rank k_i (what
-    ``fedlora.setup.client_budgets`` gives). A client trains and uploads its rank-k_i factors (FedIT/FFA: lora.rank).
-    Its download holds those factors, except for the merge-into-base methods, whose fresh adapters come from a seed;
-    they send the previous round's base update instead, of rank R = Σ r_k over a round's participants (FLoRA), at
-    most min(R, m, n) per module (FLoRIST). At most ``clients_per_round`` participate (uniform sampling), or every
-    client (independent sampling), so R ≤ the sum of that many largest budgets.
+    ``fedlora.setup.client_budgets`` gives). The method's registry entry (``MethodSpec.payload``) names the tensors
+    of its largest blobs: e.g. a client's rank-k_i factors up and down, or for the merge-into-base methods (FLoRA,
+    FLoRIST v1), whose fresh adapters come from a seed, the previous round's base update down, of rank
+    R = Σ r_k over a round's participants (FLoRA), at most min(R, m, n) per module (FLoRIST). At most
+    ``clients_per_round`` participate (uniform sampling), or every client (independent sampling).
     """
-    k_max = max(budgets)
-    at = {name: k_max for name in shapes}
-    upload = HEADER_BYTES_FIXED + _factor_bytes(shapes, at, "")
-    upload_what = f"rank-{k_max} factors of {len(shapes)} modules"
-    if not merges_into_base(config):
-        download = HEADER_BYTES_FIXED + _factor_bytes(shapes, at, "adapter.")
-        return PayloadBound(download, upload, upload_what, upload_what)
     per_round = config.partition.num_clients
     if config.sampling.scheme == "uniform":
         per_round = config.sampling.clients_per_round
-    stacked = sum(sorted(budgets, reverse=True)[:per_round])
-    if config.method == "flora":
-        sync_rank = {name: stacked for name in shapes}
-    else:
-        sync_rank = {name: min(stacked, m, n) for name, (m, n) in shapes.items()}
-    download = HEADER_BYTES_FIXED + _factor_bytes(shapes, sync_rank, "sync.")
-    what = f"the previous round's base update, rank up to {max(sync_rank.values())} ({per_round} clients stacked)"
-    return PayloadBound(download, upload, what, upload_what)
+    context = PayloadContext(
+        shapes={name: (int(m), int(n)) for name, (m, n) in shapes.items()},
+        budgets=list(budgets),
+        rank=config.lora.rank,
+        per_round=per_round,
+        options=config.method_options(),
+    )
+    sizes = config.spec.payload(context)
+    return PayloadBound(_blob_bytes(sizes.download), _blob_bytes(sizes.upload), sizes.download_what, sizes.upload_what)
 
 
 def limit_bytes(config) -> int:

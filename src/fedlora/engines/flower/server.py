@@ -180,8 +180,7 @@ class LogReporter:
 
 def deployment_config(run_config: dict, app_dir: Path | None):
     """(fedlora config, run folder, resume) from a Flower run config (see the module docstring)."""
-    from fedlora.cli import resume_config
-    from fedlora.config import load_config
+    from fedlora.config import load_config, resume_config
 
     out = str(run_config.get("out", "") or "")
     if not out:
