@@ -661,7 +661,10 @@ def diagnosis(rows: list[dict]) -> list[dict]:
         pred, meas = [], []
         for (name, seed), row in by.items():
             base = by.get(("uniform", seed))
-            if name != run or base is None or row[f"measured_{factor}"] is None or base[f"measured_{factor}"] is None:
+            if name != run or base is None:
+                continue
+            values = [r[f"{which}_{factor}"] for r in (row, base) for which in ("predicted", "measured")]
+            if any(v is None or not v > 0 for v in values):  # e.g. a target met at time 0
                 continue
             pred.append(base[f"predicted_{factor}"] / row[f"predicted_{factor}"])
             meas.append(base[f"measured_{factor}"] / row[f"measured_{factor}"])
@@ -766,11 +769,11 @@ def markdown(result: dict) -> str:
             "|---|---|---|---|---|---|---|---|---|",
         ]
         for row in pred["rows"]:
-            ratio = row["measured_rounds"] / row["predicted_rounds"]
+            ratio = row["measured_rounds"] / row["predicted_rounds"] if row["predicted_rounds"] > 0 else None
             lines.append(
                 f"| {LABELS.get(row['run'], row['run'])} | {row['seed']} | {row['variance_factor']:.3f} | "
                 f"{row['step_fraction']:.3f} | {row['predicted_rounds']:.1f} | {row['measured_rounds']:.1f} | "
-                f"{ratio:.2f} | {row['predicted_round_s']:.2f} | {_f(row['measured_round_s'], '.2f')} |"
+                f"{_f(ratio, '.2f')} | {row['predicted_round_s']:.2f} | {_f(row['measured_round_s'], '.2f')} |"
             )
     if pred.get("diagnosis"):
         lines += [
@@ -806,7 +809,7 @@ def plot(result: dict, path: Path, title: str) -> None:
         ax.set_xlabel("simulated time (s)", fontsize=8)
         ax.tick_params(labelsize=7)
     axes[0].set_ylabel(f"held-out {result['metric']} ({SMOOTH_WINDOW}-eval mean)", fontsize=8)
-    axes[-1].legend(fontsize=6.5)
+    axes[0].legend(fontsize=6.5)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
