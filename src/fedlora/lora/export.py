@@ -56,6 +56,7 @@ def adapter_config(
     rank = max(set(ranks.values()), key=list(ranks.values()).count)  # the most common rank
     default_scale = max(set(scales.values()), key=list(scales.values()).count)
     rank_pattern = {name: r for name, r in ranks.items() if r != rank}
+
     def per_rank(r: int) -> float:
         return math.sqrt(r) if rslora else r
 
