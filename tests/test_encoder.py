@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from method_args import method_args
 from optional import require
 
 from fedlora import federation
@@ -194,7 +195,7 @@ def test_evaluation_is_bit_identical_and_matches_per_example_reference():
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("encoder-runs")
-    return {m: (root / m, federation.run(load_config(TINY, [*FAST, f"method={m}"]), root / m)) for m in METHODS}
+    return {m: (root / m, federation.run(load_config(TINY, method_args(m, TINY, *FAST)), root / m)) for m in METHODS}
 
 
 def _records(out: Path) -> list[dict]:

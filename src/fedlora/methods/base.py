@@ -28,6 +28,11 @@ class ClientPlan:
     ``factors`` are the client's starting factors. They travel in the download unless ``fresh_seed`` is set:
     then the client draws them itself (B = 0, A random from that seed, as the server did) and the download
     carries only ``base_sync``, the global update to fold into its base. ``context`` stays on the server.
+    ``keep_B``: the client keeps its own B between rounds (client state, FedSA-LoRA): B is neither downloaded nor
+    uploaded, the client trains from its stored B (zeros the first time), and ``factors``' B is a zero
+    placeholder that only gives the upload check its shape.
+    ``frame`` (Fed-SB): fixed outer factors (U m×r, V r×n) per module around the trained inner pair, so the
+    client's update is scale · U B A V with ``factors`` = (B r×r, A = I_r); the identity A is not sent.
     """
 
     client_id: int
@@ -37,7 +42,9 @@ class ClientPlan:
     train_A: bool = True
     train_B: bool = True
     fresh_seed: int | None = None
+    keep_B: bool = False
     base_sync: Factors | None = None
+    frame: Factors | None = None
     context: dict[str, Tensor] = field(default_factory=dict)
 
 

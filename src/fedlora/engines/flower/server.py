@@ -56,6 +56,26 @@ def check_payload_sizes(config) -> str:
     return fingerprint
 
 
+SESSION_FILE = "flower-session"
+"""The run folder's file naming its fedlora session on the nodes, so that a resumed run finds the state its nodes
+keep for it (FedSA-LoRA's B, ``node.client_state_for``)."""
+
+
+def run_session(run_dir: Path, resume: bool) -> str:
+    """The session id of the fedlora run in ``run_dir``: the one it had when resumed, else a new one, written to
+    the folder (not when the folder already holds a run: ``federation.run`` refuses that, and nothing is touched)."""
+    from fedlora import rundir
+
+    path = run_dir / SESSION_FILE
+    if resume and path.is_file():
+        return path.read_text(encoding="utf-8").strip()
+    session = uuid.uuid4().hex[:12]
+    if resume or not (run_dir / rundir.CHECKPOINT_DIR).exists():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        rundir.atomic_write_text(path, session + "\n")
+    return session
+
+
 def run_on_grid(
     grid: Grid,
     config,
@@ -78,7 +98,7 @@ def run_on_grid(
     fingerprint = base_fingerprint
     if fingerprint is None:  # before any node is contacted or anything is written
         fingerprint = check_payload_sizes(config)
-    session = uuid.uuid4().hex[:12]  # this fedlora run on these nodes (one Flower run may carry several)
+    session = run_session(run_dir, resume)  # this fedlora run on these nodes (one Flower run may carry several)
     found = connect(
         grid,
         dump_config(config),
