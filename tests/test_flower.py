@@ -698,7 +698,7 @@ def _blob_sizes(monkeypatch) -> dict[str, list[int]]:
 def test_payload_bound_holds_for_real_blobs(tmp_path, monkeypatch, method):
     """The pre-run bound is at least every blob a run makes, and close to the largest (all 4 clients join each
     round, so FLoRA's round-2 download stacks every budget)."""
-    from fedlora.engines.flower.limits import payload_bound
+    from fedlora.engines.flower.limits import HEADER_BYTES_FIXED, payload_bound
     from fedlora.engines.flower.node import client_base_model
     from fedlora.lora.layer import inject_lora
     from fedlora.setup import client_budgets
@@ -711,7 +711,10 @@ def test_payload_bound_holds_for_real_blobs(tmp_path, monkeypatch, method):
     shapes = {name: (layer.out_features, layer.in_features) for name, layer in layers.items()}
     bound = payload_bound(config, shapes, client_budgets(config))
     assert max(sizes["download"]) <= bound.download and max(sizes["upload"]) <= bound.upload
-    assert max(sizes["download"]) >= 0.6 * bound.download and max(sizes["upload"]) >= 0.6 * bound.upload
+    # close: the bound's tensor part (all but its fixed header allowance, which dominates Fed-SB's r×r upload on
+    # the tiny model) is within 1/0.6 of the largest real blob
+    assert max(sizes["download"]) >= 0.6 * (bound.download - HEADER_BYTES_FIXED)
+    assert max(sizes["upload"]) >= 0.6 * (bound.upload - HEADER_BYTES_FIXED)
 
 
 def test_a_payload_over_the_limit_stops_the_run_before_it_starts(tmp_path):

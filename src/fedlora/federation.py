@@ -283,18 +283,19 @@ def evaluate_round(setup: RunSetup, method, config: RunConfig, engine) -> tuple[
     held-out split ("fed_personal_eval_*"), next to the shared view's figures."""
     result: dict = {}
     details: dict = {}
-    personal = getattr(method, "personal_adapters", None)
+    personal = method.personal_adapters()
     if setup.eval_set is not None:
         result.update(evaluate_global(setup, method, config))
         if personal is not None:
-            figures, details["client_personal_eval"] = evaluate_personal(setup, method, config, personal())
+            figures, details["client_personal_eval"] = evaluate_personal(setup, method, config, personal)
             result.update(figures)
     if config.federated_eval():
         federated, figures, failures = evaluate_federated(engine, method, config.faults.fail_fast)
         result.update(federated)
         details.update({"client_eval": figures, **({"client_eval_failures": failures} if failures else {})})
-        if personal is not None:
-            blob = personal_eval_blob(method.A, {n: method.global_scale for n in method.A}, method.rank)
+        shared = method.personal_eval_shared()
+        if shared is not None:
+            blob = personal_eval_blob(*shared)
             federated, figures, failures = evaluate_federated(engine, method, config.faults.fail_fast, blob)
             result.update({k.replace("fed_", "fed_personal_", 1): v for k, v in federated.items()})
             details["client_personal_fed_eval"] = figures
@@ -615,8 +616,7 @@ def write_outputs(state: RunState) -> dict:
     save_peft_adapter(
         state.run_dir / "adapter", factors, scales, config.model.target_modules, setup.base_name, rslora=rslora
     )
-    personal = getattr(method, "personal_adapters", None)
-    for cid, (own, own_scales) in (personal() if personal is not None else {}).items():  # FedSA-LoRA's own models
+    for cid, (own, own_scales) in (method.personal_adapters() or {}).items():  # FedSA-LoRA's own models
         save_peft_adapter(
             state.run_dir / PERSONAL_ADAPTERS / str(cid),
             own,

@@ -76,6 +76,16 @@ class Method(Protocol):
         """Every base update merged so far, in order (re-merged when a run resumes)."""
         ...
 
+    def personal_adapters(self) -> dict[int, Adapter] | None:
+        """Client id → that client's personalised adapter on the current base, for methods whose clients keep
+        models of their own (FedSA-LoRA); None for methods with one global model."""
+        ...
+
+    def personal_eval_shared(self) -> tuple[dict[str, Tensor], dict[str, float], int] | None:
+        """What a client evaluating its own model receives (it adds its own state): the shared A per module
+        (r × n), the scale per module and the rank; None for methods with one global model."""
+        ...
+
     def options(self) -> dict:
         """The method's options for summary.json."""
         ...
@@ -85,3 +95,21 @@ class Method(Protocol):
         ...
 
     def load_state_tensors(self, tensors: dict[str, Tensor], step_count: int) -> None: ...
+
+
+class MethodDefaults:
+    """The hooks most methods answer the same way: nothing merged into the base, one global model.
+
+    A method class (built-in or a user's) inherits these and overrides what it does differently."""
+
+    def pending_base_update(self) -> Factors | None:
+        return None
+
+    def base_history(self) -> list[Factors]:
+        return []
+
+    def personal_adapters(self) -> dict[int, Adapter] | None:
+        return None
+
+    def personal_eval_shared(self) -> tuple[dict[str, Tensor], dict[str, float], int] | None:
+        return None

@@ -25,11 +25,11 @@ from torch import Tensor
 from fedlora import aggregation, seeding
 from fedlora.lora.scaling import ScaleRule
 from fedlora.lora.state import Factors, ModuleShape, flatten_factors, unflatten_factors
-from fedlora.methods.base import Adapter, ClientPlan
+from fedlora.methods.base import Adapter, ClientPlan, MethodDefaults
 from fedlora.privacy import GaussianNoise
 
 
-class FedSB:
+class FedSB(MethodDefaults):
     """``frame``: module → (B m×r, A r×n), fixed; ``R``: module → R (r×r). Both None until a checkpoint loads."""
 
     def __init__(
@@ -78,12 +78,6 @@ class FedSB:
 
     def export_adapter(self) -> Adapter:
         return self.eval_adapter()
-
-    def pending_base_update(self) -> None:
-        return None
-
-    def base_history(self) -> list[Factors]:
-        return []
 
     def options(self) -> dict:
         return {"rank": self.rank, "trained": "R (r x r) between fixed B, A", **self._init_options}

@@ -32,11 +32,11 @@ from torch import Tensor
 
 from fedlora.lora.scaling import ScaleRule
 from fedlora.lora.state import Factors, ModuleShape, flatten_factors, init_factors, unflatten_factors
-from fedlora.methods.base import Adapter, ClientPlan
+from fedlora.methods.base import Adapter, ClientPlan, MethodDefaults
 from fedlora.methods.common import Combine, combine_updates, rank_facts
 
 
-class MergeIntoBase:
+class MergeIntoBase(MethodDefaults):
     def __init__(
         self,
         name: str,

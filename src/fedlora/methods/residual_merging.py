@@ -30,11 +30,11 @@ from torch import Tensor
 from fedlora import aggregation
 from fedlora.lora.scaling import ScaleRule
 from fedlora.lora.state import Factors, ModuleShape, clone_factors, flatten_factors, init_factors, unflatten_factors
-from fedlora.methods.base import Adapter, ClientPlan
+from fedlora.methods.base import Adapter, ClientPlan, MethodDefaults
 from fedlora.methods.common import residual_weight
 
 
-class FedExLoRA:
+class FedExLoRA(MethodDefaults):
     def __init__(
         self, shapes: Mapping[str, ModuleShape], rank: int, scale: ScaleRule, init_generator: torch.Generator
     ) -> None:

@@ -26,11 +26,11 @@ from fedlora.aggregation.fedsa import fedsa
 from fedlora.client.state import client_store
 from fedlora.lora.scaling import ScaleRule
 from fedlora.lora.state import Factors, ModuleShape, init_factors
-from fedlora.methods.base import Adapter, ClientPlan
+from fedlora.methods.base import Adapter, ClientPlan, MethodDefaults
 from fedlora.privacy import GaussianNoise
 
 
-class SharedA:
+class SharedA(MethodDefaults):
     """FedSA-LoRA's server: the shared A per module, and where the clients keep their B (when readable here)."""
 
     name = "fedsa"
@@ -106,6 +106,10 @@ class SharedA:
             adapters[cid] = (factors, {name: self.global_scale for name in factors})
         return adapters
 
+    def personal_eval_shared(self) -> tuple[dict[str, Tensor], dict[str, float], int]:
+        """The shared A per module (r × n), the global scale per module and the rank: a client adds its own B."""
+        return self.A, {name: self.global_scale for name in self.A}, self.rank
+
     def eval_adapter(self) -> Adapter:
         """The shared view (B̄, A): B̄ the weighted mean of the stored B's (zeros while none is readable)."""
         states = self.client_states_here()
@@ -124,12 +128,6 @@ class SharedA:
 
     def export_adapter(self) -> Adapter:
         return self.eval_adapter()
-
-    def pending_base_update(self) -> None:
-        return None
-
-    def base_history(self) -> list[Factors]:
-        return []
 
     def options(self) -> dict:
         return {
