@@ -268,13 +268,18 @@ def accuracy_curves(setting_dir: Path) -> dict[str, dict[int, list[tuple[int, fl
 
 
 def flattening(setting_dir: Path, rounds: int) -> list[str]:
-    """Per method: mean accuracy over seeds at ⌈3R/4⌉ and at R, the change, and whether it flattened (decide)."""
+    """Per method: mean accuracy over seeds at ⌈3R/4⌉ and at R, the change, and whether it flattened (decide's
+    rule, stated before the runs: |change| below half the margin). Beside it, the noise view of issue 15's wording
+    ("changes it by less than the paired noise"): each seed's own change, with its 95% t-interval over seeds
+    (:func:`fedlora.decide.paired_gap`, round R paired with round ⌈3R/4⌉ of the same seed): "still rising" or
+    "still falling" when the interval excludes zero, else "within noise"."""
     lines = [
         f"### {setting_dir.name}: flattening (last quarter of {rounds} rounds, mean over seeds; flat when the change "
         f"is below {50 * decide.MARGIN:.0f} pt)",
         "",
-        "| method | seeds | accuracy at round ⌈3R/4⌉ | final accuracy | change | flattened |",
-        "|---|---|---|---|---|---|",
+        "| method | seeds | accuracy at round ⌈3R/4⌉ | final accuracy | change | flattened (1-pt rule) "
+        "| per-seed change [95% interval] | against the noise |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, by_seed in sorted(accuracy_curves(setting_dir).items(), key=lambda item: _order(item[0])):
         rounds_seen = sorted({r for points in by_seed.values() for r, _ in points})
@@ -287,9 +292,22 @@ def flattening(setting_dir: Path, rounds: int) -> list[str]:
         if change is None:
             continue
         final = mean_curve[-1][1]
+        cut = math.ceil(3 * rounds / 4)
+        at_end = {seed: dict(points)[rounds] for seed, points in by_seed.items() if rounds in dict(points)}
+        at_cut = {}
+        for seed, points in by_seed.items():
+            earlier = [v for r, v in points if r <= cut]
+            if earlier:
+                at_cut[seed] = earlier[-1]
+        gap = decide.paired_gap(at_end, at_cut)
+        if gap is None:
+            noise, judged = "—", "—"
+        else:
+            noise = f"{100 * gap.mean:+.1f} [{100 * gap.low:+.1f}, {100 * gap.high:+.1f}]"
+            judged = "still rising" if gap.low > 0 else "still falling" if gap.high < 0 else "within noise"
         lines.append(
             f"| {name} | {len(by_seed)} | {100 * (final - change):.1f}% | {100 * final:.1f}% | "
-            f"{100 * change:+.1f} pts | {'yes' if decide.flattened(change) else 'no'} |"
+            f"{100 * change:+.1f} pts | {'yes' if decide.flattened(change) else 'no'} | {noise} | {judged} |"
         )
     return [*lines, ""]
 
