@@ -312,9 +312,27 @@ def flattening(setting_dir: Path, rounds: int) -> list[str]:
     return [*lines, ""]
 
 
-def plot_curves(setting_dir: Path, path: Path) -> None:
-    """Mean held-out accuracy over seeds against the round, one line per run name, with the per-seed range shaded
-    and the last quarter of the rounds marked; legend outside the axes. One small PNG."""
+PLOT_MAIN = (
+    "fslora",
+    "fslora-code",
+    "florist-o",
+    "florist-e",
+    "flora",
+    "flexlora",
+    "hetlora",
+    "fedit",
+    "ffa",
+    "central",
+)
+"""The seed papers' methods and baselines (issue 15), in the first plot."""
+PLOT_NEWER = ("fedex", "fedsa", "fedsa-personal", "rolora", "fedsb", "fedit", "ffa", "central")
+"""The newer methods (issue 18) beside FedIT, FFA-LoRA and the ceiling, in the second plot."""
+
+
+def plot_curves(setting_dir: Path, path: Path, names: tuple[str, ...] | None = None) -> None:
+    """Mean held-out accuracy over seeds against the round, one line per run name (those in ``names``, default
+    all), with the per-seed range shaded and the last quarter of the rounds marked; legend outside the axes. One
+    small PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -323,6 +341,8 @@ def plot_curves(setting_dir: Path, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(8, 4.2))
     last_round = 0
     for name, by_seed in sorted(accuracy_curves(setting_dir).items(), key=lambda item: _order(item[0])):
+        if names is not None and name not in names:
+            continue
         rounds = sorted(set.intersection(*({r for r, _ in points} for points in by_seed.values())))
         values = [[dict(points)[r] for points in by_seed.values()] for r in rounds]
         means = [100 * sum(v) / len(v) for v in values]
@@ -398,7 +418,9 @@ def main() -> None:
         sections += claims(args.out / setting, rep)
         rounds = tomllib.loads((CONFIGS / f"{setting}.toml").read_text())["rounds"]
         sections += flattening(args.out / setting, QUICK_ROUNDS if args.quick else rounds)
-        plot_curves(args.out / setting, args.out / setting / "report" / f"{setting}-accuracy_by_method.png")
+        figures = args.out / setting / "report"
+        plot_curves(args.out / setting, figures / f"{setting}-accuracy_by_method.png", PLOT_MAIN)
+        plot_curves(args.out / setting, figures / f"{setting}-accuracy_newer_methods.png", PLOT_NEWER)
         sections += task_table(args.out / setting, [*METHODS, *VARIANTS])
     (args.out / "claims.md").write_text("\n".join(sections), encoding="utf-8")
     print("\n".join(sections))

@@ -9,6 +9,8 @@
 | florist  | fresh rank-r_k adapters (v1)       | exact SVD from stacks, energy τ, merge         |
 | flexlora | rank-r_k cut of the global ΔW      | Σ ΔW_k kept whole (SVD), cut per client        |
 | hetlora  | rank-r_k cut of the global pair    | zero-pad, average, keep largest rank           |
+| rolora   | B (odd rounds) or A (even rounds)  | average the trained factor (exact product)     |
+| fedsa    | A and its own B (kept on client)   | average A; B never leaves the client           |
 | fedex    | the full rank-r pair               | average B, A; merge residual Σ w B_k A_k − B̄Ā |
 | fedsb    | R (r×r) between fixed B, A         | average R (exact)                              |
 
