@@ -4,6 +4,7 @@ safetensors size of a blob computed independently of ``fedlora.payload``."""
 from __future__ import annotations
 
 import json
+import struct
 
 from fedlora.engines.inprocess import InProcessEngine
 
@@ -32,3 +33,9 @@ def safetensors_size(tensors: dict[str, tuple[int, ...]], metadata: dict[str, st
         offset += size
     text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
     return 8 + -(-len(text) // 8) * 8 + offset
+
+
+def raw_metadata(blob: bytes) -> dict[str, str]:
+    """The string metadata of a safetensors blob, read from its header without fedlora's reader."""
+    (n,) = struct.unpack("<Q", blob[:8])
+    return json.loads(blob[8 : 8 + n]).get("__metadata__", {})

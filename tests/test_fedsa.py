@@ -2,7 +2,6 @@
 evaluation next to the shared view, exact bytes (A only, no B in any blob), PEFT exports, client state store."""
 
 import json
-import struct
 from pathlib import Path
 
 import capture
@@ -80,11 +79,6 @@ def test_a_client_store_reads_the_newest_state_before_the_round(tmp_path):
 # ------------------------------------------------------------------------------------------------ a whole run
 
 
-def _raw_metadata(blob: bytes) -> dict[str, str]:
-    (n,) = struct.unpack("<Q", blob[:8])
-    return json.loads(blob[8 : 8 + n]).get("__metadata__", {})
-
-
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     capture.CARRIED.clear()
@@ -116,8 +110,8 @@ def test_no_B_travels_and_the_bytes_are_the_formula_exactly(run):
             assert not any("lora_B" in k for k in payload.unpack(up)[0])
             down_tensors = {f"adapter.{n}.lora_A": (r, k) for n, (_, k) in SHAPES_TINY.items()}
             up_tensors = {f"{n}.lora_A": (r, k) for n, (_, k) in SHAPES_TINY.items()}
-            assert len(down) == capture.safetensors_size(down_tensors, _raw_metadata(down))
-            assert len(up) == capture.safetensors_size(up_tensors, _raw_metadata(up))
+            assert len(down) == capture.safetensors_size(down_tensors, capture.raw_metadata(down))
+            assert len(up) == capture.safetensors_size(up_tensors, capture.raw_metadata(up))
             down_total, up_total = down_total + len(down), up_total + len(up)
         assert (record["bytes_down"], record["bytes_up"]) == (down_total, up_total)
     assert i == len(blobs)

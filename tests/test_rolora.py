@@ -1,7 +1,6 @@
 """RoLoRA (method = "rolora"): the alternation, the server step against a dense reference, exact bytes."""
 
 import json
-import struct
 from pathlib import Path
 
 import capture
@@ -76,11 +75,6 @@ def test_each_round_is_exact_against_the_dense_sum(weights):
         assert float(method.factors["q"][0].abs().max()) > 0.1  # B moved in round 1: a real test of round 2's A
 
 
-def _raw_metadata(blob: bytes) -> dict[str, str]:
-    (n,) = struct.unpack("<Q", blob[:8])
-    return json.loads(blob[8 : 8 + n]).get("__metadata__", {})
-
-
 @pytest.fixture(scope="module")
 def carried(tmp_path_factory):
     capture.CARRIED.clear()
@@ -120,8 +114,8 @@ def test_bytes_are_the_formula_exactly(carried):
                 if odd
                 else {f"{n}.lora_A": (r, k) for n, (_, k) in shapes.items()}
             )
-            assert len(down) == capture.safetensors_size(down_tensors, _raw_metadata(down))
-            assert len(up) == capture.safetensors_size(up_tensors, _raw_metadata(up))
+            assert len(down) == capture.safetensors_size(down_tensors, capture.raw_metadata(down))
+            assert len(up) == capture.safetensors_size(up_tensors, capture.raw_metadata(up))
             data = 4 * r * sum(m if odd else k for m, k in shapes.values())
             assert len(up) - data < 200 + 80 * len(shapes)  # the header is small next to the data
             down_total, up_total = down_total + len(down), up_total + len(up)

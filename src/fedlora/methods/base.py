@@ -113,3 +113,18 @@ class MethodDefaults:
 
     def personal_eval_shared(self) -> tuple[dict[str, Tensor], dict[str, float], int] | None:
         return None
+
+
+class MergedHistory(MethodDefaults):
+    """For methods that fold a global update into the base after aggregation (FLoRA, FLoRIST, FedEx-LoRA): they
+    keep ``history`` (every update merged, in order) and ``_pending`` (this round's, until the loop takes it)."""
+
+    history: list[Factors]
+    _pending: Factors | None
+
+    def pending_base_update(self) -> Factors | None:
+        pending, self._pending = self._pending, None
+        return pending
+
+    def base_history(self) -> list[Factors]:
+        return list(self.history)

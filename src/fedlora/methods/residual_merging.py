@@ -30,11 +30,11 @@ from torch import Tensor
 from fedlora import aggregation
 from fedlora.lora.scaling import ScaleRule
 from fedlora.lora.state import Factors, ModuleShape, clone_factors, flatten_factors, init_factors, unflatten_factors
-from fedlora.methods.base import Adapter, ClientPlan, MethodDefaults
+from fedlora.methods.base import Adapter, ClientPlan, MergedHistory
 from fedlora.methods.common import residual_weight
 
 
-class FedExLoRA(MethodDefaults):
+class FedExLoRA(MergedHistory):
     def __init__(
         self, shapes: Mapping[str, ModuleShape], rank: int, scale: ScaleRule, init_generator: torch.Generator
     ) -> None:
@@ -87,13 +87,6 @@ class FedExLoRA(MethodDefaults):
             for name, (B, A) in self.factors.items()
         }
         return factors, {name: 1.0 for name in factors}
-
-    def pending_base_update(self) -> Factors | None:
-        pending, self._pending = self._pending, None
-        return pending
-
-    def base_history(self) -> list[Factors]:
-        return list(self.history)
 
     def options(self) -> dict:
         return {
