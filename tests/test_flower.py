@@ -33,6 +33,7 @@ require("flwr")
 require("ray")
 
 import torch  # noqa: E402
+from method_args import method_args  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
 from fedlora import federation  # noqa: E402
@@ -56,13 +57,15 @@ def _records(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
-def _assert_same_run(flower_dir: Path, inprocess_dir: Path) -> None:
-    """Same final adapter (1e-6), same bytes per round and in total, same participants and ranks."""
+def _assert_same_run(flower_dir: Path, inprocess_dir: Path, only: str = "") -> None:
+    """Same final adapter (1e-6; ``only``: the keys containing it), same bytes per round and in total, same
+    participants and ranks."""
     a = load_file(str(flower_dir / "adapter" / "adapter_model.safetensors"))
     b = load_file(str(inprocess_dir / "adapter" / "adapter_model.safetensors"))
     assert a.keys() == b.keys()
     for key in a:
-        assert torch.allclose(a[key], b[key], rtol=0, atol=1e-6), key
+        if only in key:
+            assert torch.allclose(a[key], b[key], rtol=0, atol=1e-6), key
     fr, ir = _records(flower_dir), _records(inprocess_dir)
     assert len(fr) == len(ir)
     for x, y in zip(fr, ir, strict=True):
@@ -263,8 +266,8 @@ def simulated(tmp_path_factory, fedlora_cache):
     from fedlora.engines.flower.simulation import simulate
 
     root = tmp_path_factory.mktemp("flower-sim")
-    jobs = {m: [*FAST, f"method={m}"] for m in METHODS}
-    jobs.update({f"catchup-{m}": [*CATCH_UP, f"method={m}"] for m in ("flora", "florist")})
+    jobs = {m: method_args(m, TINY, *FAST) for m in METHODS}
+    jobs.update({f"catchup-{m}": method_args(m, TINY, *CATCH_UP) for m in ("flora", "florist", "fedex")})
     forgetful = [*CATCH_UP, "method=florist"]
     results: dict[str, dict] = {}
     timings: dict[str, float] = {}
@@ -313,10 +316,12 @@ def test_every_method_runs_on_flower_sim_like_in_process(simulated, method):
     records = _records(out)
     assert [r["round"] for r in records] == [1, 2]
     assert all(r["catchup_bytes_down"] == 0 and r["flower_resent"] == 0 for r in records)
-    _assert_same_run(out, root / "inprocess" / method)
+    # FedSA-LoRA's clients keep their B on the nodes: a Flower server holds the shared A only (its adapter/ has
+    # B = 0), an in-process one reads the clients' B from the run folder for its shared view; A must agree
+    _assert_same_run(out, root / "inprocess" / method, only="lora_A" if method == "fedsa" else "")
 
 
-@pytest.mark.parametrize("method", ["flora", "florist"])
+@pytest.mark.parametrize("method", ["flora", "florist", "fedex"])
 def test_nodes_that_missed_base_updates_catch_up(simulated, method):
     """Client 0 skips round 2: in round 3 it gets round 1's base update as catch-up (counted apart)."""
     root, _ = simulated
@@ -689,16 +694,16 @@ def _blob_sizes(monkeypatch) -> dict[str, list[int]]:
     return sizes
 
 
-@pytest.mark.parametrize("method", ["fslora", "fedit", "flora", "florist", "hetlora"])
+@pytest.mark.parametrize("method", ["fslora", "fedit", "flora", "florist", "hetlora", "fedex", "fedsb"])
 def test_payload_bound_holds_for_real_blobs(tmp_path, monkeypatch, method):
     """The pre-run bound is at least every blob a run makes, and close to the largest (all 4 clients join each
     round, so FLoRA's round-2 download stacks every budget)."""
-    from fedlora.engines.flower.limits import payload_bound
+    from fedlora.engines.flower.limits import HEADER_BYTES_FIXED, payload_bound
     from fedlora.engines.flower.node import client_base_model
     from fedlora.lora.layer import inject_lora
     from fedlora.setup import client_budgets
 
-    config = load_config(TINY, [*FAST, f"method={method}", "sampling.clients_per_round=4", "florist.tau=1.0"])
+    config = load_config(TINY, method_args(method, TINY, *FAST, "sampling.clients_per_round=4", "florist.tau=1.0"))
     sizes = _blob_sizes(monkeypatch)
     federation.run(config, tmp_path / "run")
     model = client_base_model(config, device="cpu")[0]
@@ -706,7 +711,10 @@ def test_payload_bound_holds_for_real_blobs(tmp_path, monkeypatch, method):
     shapes = {name: (layer.out_features, layer.in_features) for name, layer in layers.items()}
     bound = payload_bound(config, shapes, client_budgets(config))
     assert max(sizes["download"]) <= bound.download and max(sizes["upload"]) <= bound.upload
-    assert max(sizes["download"]) >= 0.6 * bound.download and max(sizes["upload"]) >= 0.6 * bound.upload
+    # close: the bound's tensor part (all but its fixed header allowance, which dominates Fed-SB's r×r upload on
+    # the tiny model) is within 1/0.6 of the largest real blob
+    assert max(sizes["download"]) >= 0.6 * (bound.download - HEADER_BYTES_FIXED)
+    assert max(sizes["upload"]) >= 0.6 * (bound.upload - HEADER_BYTES_FIXED)
 
 
 def test_a_payload_over_the_limit_stops_the_run_before_it_starts(tmp_path):

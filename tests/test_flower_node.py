@@ -7,6 +7,7 @@ The handlers are called as Flower calls them, with real ``Message`` and ``Contex
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -203,3 +204,38 @@ def test_the_server_log_shows_scalar_figures_and_skips_per_task_dicts(capsys):
     )
     line = capsys.readouterr().out.strip()
     assert line == "[fedlora] eval round 2: eval_loss 0.5000, eval_accuracy 0.7500"
+
+
+# ------------------------------------------------------------------------------------------------ probe
+
+
+def test_a_probing_node_reports_its_timed_steps_tokens_per_second_and_leaves_its_model_bare(
+    config_text, cache, monkeypatch
+):
+    """probe=true: the node declares tokens_per_s = the tokens of its timed local steps (not the untimed warm-up
+    step's) over those steps' seconds by its clock, and its LoRA layers carry no adapter afterwards."""
+    import time
+
+    from fedlora.client import train as train_module
+    from fedlora.engines.flower import node
+
+    calls = []
+    real_train = train_module.train_adapter
+
+    def counting(model, examples, training, pad_id, seed=0):
+        result = real_train(model, examples, training, pad_id, seed=seed)
+        calls.append((training.local_steps, result.tokens))
+        return result
+
+    ticks = iter([100.0, 104.0])  # the timed steps take 4 s by the node's clock
+    clock = SimpleNamespace(perf_counter=lambda: next(ticks), time=time.time, sleep=time.sleep)
+    monkeypatch.setattr(train_module, "train_adapter", counting)
+    monkeypatch.setattr(node, "time", clock)
+    reply = handle_hello(_hello(config_text, session="probe-run"), _context(**{"partition-id": 1, "probe": "true"}))
+    record = reply.config_records[wire.FEDLORA]
+    assert record["status"] == wire.STATUS_OK, dict(record)
+    assert [steps for steps, _ in calls] == [1, 2]  # one untimed warm-up step, then the timed steps
+    timed_tokens = calls[1][1]
+    assert timed_tokens > 0 and calls[0][1] > 0
+    assert json.loads(record["declared"]) == {"tokens_per_s": pytest.approx(timed_tokens / 4.0)}
+    assert all(layer.lora_A is None and layer.lora_B is None for layer in node._RUNTIME.layers.values())

@@ -170,7 +170,7 @@ def test_epsilon_is_within_the_classic_conversion_of_the_closed_form():
 # ---------------------------------------------------------------------------------------------- config
 
 
-@pytest.mark.parametrize("method", ["flora", "florist", "flexlora", "hetlora"])
+@pytest.mark.parametrize("method", ["flora", "florist", "flexlora", "hetlora", "fedex"])
 def test_dp_with_a_non_averaging_method_is_a_config_error(method):
     with pytest.raises(ConfigError) as err:
         load_config(TINY, [f"method={method}", "privacy.clip_norm=1", "server.weighting=uniform"])
@@ -262,3 +262,31 @@ def test_epsilon_under_independent_sampling_matches_dp_accounting():
         ours = privacy.epsilon(rounds, sigma, 1e-5, num_clients=3, probs=probs)
         event = dp_accounting.PoissonSampledDpEvent(0.2, dp_accounting.GaussianDpEvent(sigma))
         assert ours == pytest.approx(_dp_accounting_epsilon(event, rounds, 1e-5, replace_one=False), rel=1e-9)
+
+
+def _fedsb_R(out: Path) -> torch.Tensor:
+    _, tensors, _ = rundir.load_checkpoint(out)
+    return torch.cat([v.flatten() for k, v in sorted(tensors.items()) if k.startswith("R.")]).double()
+
+
+def test_fedsb_dp_noise_is_on_R_alone_with_std_sigma_c_over_participants(tmp_path):
+    """Fed-SB under DP: the clipped deltas are R_k − R (r×r), the noise N(0, (σ·C/|P|)²) goes on their sum, and the
+    fixed frame B, A is untouched (same seed: σ = 0.5 and σ = 0 runs differ by the noise alone)."""
+    common = [*FAST, "method=fedsb", "budgets.per_client=[8,8,8,8]", "rounds=1", "privacy.clip_norm=0.05"]
+    federation.run(load_config(TINY, [*common, "privacy.noise_multiplier=0.5"]), tmp_path / "noisy")
+    federation.run(load_config(TINY, [*common, "privacy.noise_multiplier=0"]), tmp_path / "quiet")
+    record = _records(tmp_path / "noisy")[0]
+    assert record["dp_noise_std"] == pytest.approx(0.5 * 0.05 / 3) and record["dp_clipped"] == 3
+    diffs = _fedsb_R(tmp_path / "noisy") - _fedsb_R(tmp_path / "quiet")
+    assert diffs.numel() == 4 * 8 * 8  # 4 modules, r = 8
+    assert float(diffs.std()) == pytest.approx(record["dp_noise_std"], rel=0.2)  # 256 draws: ±4.4 % one s.e.
+    frames = [rundir.load_checkpoint(tmp_path / d)[1] for d in ("noisy", "quiet")]
+    assert all(torch.equal(frames[0][k], frames[1][k]) for k in frames[0] if k.startswith("frame."))
+
+
+def test_fedsb_no_noise_and_a_huge_clip_bound_is_exactly_the_non_dp_run(tmp_path):
+    common = [*FAST, "method=fedsb", "budgets.per_client=[8,8,8,8]", "rounds=2"]
+    federation.run(load_config(TINY, common), tmp_path / "plain")
+    federation.run(load_config(TINY, [*common, "privacy.clip_norm=1e9", "privacy.noise_multiplier=0"]), tmp_path / "dp")
+    adapter = "adapter/adapter_model.safetensors"
+    assert (tmp_path / "dp" / adapter).read_bytes() == (tmp_path / "plain" / adapter).read_bytes()

@@ -113,7 +113,8 @@ def test_the_grep_lets_other_strings_through():
 
 
 def test_builtins_are_registered_in_the_reports_order():
-    assert methods.METHODS == ("fslora", "florist", "flora", "flexlora", "hetlora", "fedit", "ffa")
+    assert methods.METHODS[:7] == ("fslora", "florist", "flora", "flexlora", "hetlora", "fedit", "ffa")
+    assert {"rolora", "fedsa", "fedex", "fedsb"} <= set(methods.METHODS)  # issue 18's methods join after the seven
     assert set(methods.METHODS) <= set(methods.names())
 
 
@@ -145,7 +146,15 @@ def test_every_entry_answers_every_question():
 
 
 def test_merging_and_rank_behaviour_as_the_papers_say():
-    assert [n for n in methods.METHODS if methods.get(n).ranks == "full"] == ["fedit", "ffa"]
+    assert [n for n in methods.METHODS if methods.get(n).ranks == "full"] == [
+        "fedit",
+        "ffa",
+        "rolora",
+        "fedsa",
+        "fedex",
+        "fedsb",
+    ]
+    assert methods.get("fedex").merges(None) and not methods.get("fedsb").merges(None)
     florist = methods.get("florist")
     assert florist.merges(florist.options(handoff="merge")) and not florist.merges(florist.options(handoff="pad"))
     assert methods.get("flora").merges(None) and not methods.get("fslora").merges(None)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from method_args import method_args
 
 from fedlora import federation
 from fedlora.config import load_config
@@ -40,6 +41,9 @@ def test_method_defaults_are_their_papers_code_conventions():
     # an explicit setting wins over the default; alpha alone keeps the method's convention
     assert scale_rule("flora", "alpha_over_rank", 32.0)(4) == 8.0
     assert scale_rule("fslora", None, 2.0)(16) == 0.5
+    # FedEx-LoRA's code: lora_alpha 8 over r (s = 2 at its r = 4); Fed-SB's: lora_alpha = r (s = 1 at every rank)
+    assert scale_rule("fedex", None, None)(4) == 2.0 and scale_rule("fedex", None, None)(8) == 1.0
+    assert scale_rule("fedsb", None, None)(4) == scale_rule("fedsb", None, None)(200) == 1.0
 
 
 def test_alpha_is_required_with_a_foreign_convention(tmp_path):
@@ -62,7 +66,7 @@ def runs(tmp_path_factory):
         for scaling in SCALINGS:
             alpha = {"alpha_over_rank": 16, "constant": 2, "rslora": 6}[scaling]
             out = root / f"{method}-{scaling}"
-            overrides = [*FAST, f"method={method}", f"lora.scaling={scaling}", f"lora.alpha={alpha}"]
+            overrides = method_args(method, TINY, *FAST, f"lora.scaling={scaling}", f"lora.alpha={alpha}")
             federation.run(load_config(TINY, overrides), out)
             done[method, scaling] = out
     return done
@@ -121,4 +125,6 @@ def test_weighting_defaults_to_the_methods_own(tmp_path):
     for method in ("fedit", "ffa", "flora", "florist", "flexlora", "hetlora"):
         assert load_config(bare, [f"method={method}"]).weighting == "num_examples"
     assert load_config(bare, ["method=fslora", "server.weighting=num_examples"]).weighting == "num_examples"
+    for method in ("fedex", "fedsb"):  # both codes take the plain mean over clients
+        assert load_config(bare, method_args(method, bare)).weighting == "uniform"
     assert load_config(TINY, ["method=fslora"]).weighting == "num_examples"  # the example states its own

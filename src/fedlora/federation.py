@@ -30,7 +30,7 @@ from typing import Protocol
 import torch
 
 from fedlora import __version__, crashpoints, payload, privacy, rundir, seeding
-from fedlora.client.app import eval_blob, install_adapter
+from fedlora.client.app import eval_blob, install_adapter, personal_eval_blob
 from fedlora.config import RunConfig, dump_config
 from fedlora.engines.base import ClientFailure, Engine, NoFederatedEvaluation
 from fedlora.engines.inprocess import ClientEvaluation, InProcessEngine
@@ -112,6 +112,11 @@ def download_blob(plan: ClientPlan, round_idx: int, train_seed: int) -> bytes:
     """What travels to the client: its starting factors (unless it draws them from ``fresh_seed``), the base
     update to fold in (merge-into-base methods), and the round's settings."""
     tensors = {} if plan.fresh_seed is not None else flatten_factors(plan.factors, prefix="adapter.")
+    if plan.keep_B:  # the client trains from its own stored B: only A travels
+        tensors = {k: v for k, v in tensors.items() if not k.endswith(".lora_B")}
+    if plan.frame is not None:  # Fed-SB: the fixed frame, and the inner B (R); the inner A is the identity
+        tensors = {k: v for k, v in tensors.items() if not k.endswith(".lora_A")}
+        tensors.update(flatten_factors(plan.frame, prefix="frame."))
     if plan.base_sync is not None:
         tensors.update(flatten_factors(plan.base_sync, prefix="sync."))
     return payload.pack(
@@ -124,7 +129,9 @@ def download_blob(plan: ClientPlan, round_idx: int, train_seed: int) -> bytes:
             "scale": plan.scale,
             "train_A": plan.train_A,
             "train_B": plan.train_B,
+            "framed": plan.frame is not None,
             "seed": train_seed,
+            **({"keep_B": True} if plan.keep_B else {}),  # absent otherwise: other methods' bytes unchanged
         },
     )
 
@@ -215,6 +222,11 @@ def evaluate_global(setup: RunSetup, method, config: RunConfig) -> dict[str, flo
             layer.clear_adapter()
     else:
         install_adapter(setup.layers, *view, train_B=False, train_A=False)
+    return heldout(setup, config)
+
+
+def heldout(setup: RunSetup, config: RunConfig) -> dict[str, float]:
+    """The model as installed now, on the server's held-out set."""
     return evaluate_heldout(
         setup.model,
         setup.tokenizer,
@@ -225,14 +237,28 @@ def evaluate_global(setup: RunSetup, method, config: RunConfig) -> dict[str, flo
     )
 
 
-def evaluate_federated(engine, method, fail_fast: bool) -> tuple[dict, list[dict], list[dict]]:
+def mean_figures(weights: list[float], figures: list[dict], prefix: str) -> dict[str, float]:
+    """{prefix + "eval_loss"[, prefix + "eval_accuracy"]}: the figures' weighted means (keys all of them have)."""
+    means = {}
+    for key in ("eval_loss", "eval_accuracy"):
+        if figures and all(key in f for f in figures):
+            value = weighted_mean(weights, [f[key] for f in figures])
+            if value is not None:
+                means[f"{prefix}{key}"] = value
+    return means
+
+
+def evaluate_federated(
+    engine, method, fail_fast: bool, blob: bytes | None = None
+) -> tuple[dict, list[dict], list[dict]]:
     """Federated evaluation: every client with a held-out set of its own evaluates the global model on it
     (``engine.evaluate_clients``); the figures are averaged weighted by the clients' held-out example counts.
 
     Returns ({"fed_eval_loss"[, "fed_eval_accuracy"]} (empty when no client answered), the per-client figures
     [{"client", "n", "eval_loss"[, "eval_accuracy"]}], the failures [{"client", "reason"}])."""
+    blob = eval_blob(method.eval_adapter()) if blob is None else blob
     try:
-        results = engine.evaluate_clients(eval_blob(method.eval_adapter()))
+        results = engine.evaluate_clients(blob)
     except NoFederatedEvaluation:
         raise ConfigError("eval.federated: this engine cannot ask its clients to evaluate") from None
     figures, failures = [], []
@@ -243,28 +269,48 @@ def evaluate_federated(engine, method, fail_fast: bool) -> tuple[dict, list[dict
             failures.append({"client": cid, "reason": result.reason})
         else:
             figures.append({"client": cid, **result})
-    counts = [float(f["n"]) for f in figures]
-    aggregate = {}
-    for key in ("eval_loss", "eval_accuracy"):
-        if figures and all(key in f for f in figures):
-            value = weighted_mean(counts, [f[key] for f in figures])
-            if value is not None:
-                aggregate[f"fed_{key}"] = value
+    aggregate = mean_figures([float(f["n"]) for f in figures], figures, "fed_")
     return aggregate, figures, failures
 
 
 def evaluate_round(setup: RunSetup, method, config: RunConfig, engine) -> tuple[dict, dict]:
     """Server-side evaluation (on the server's own held-out set, when it has one) and federated evaluation (when
-    on): (the figures for the record and the reporter, the per-client figures and failures for the record)."""
+    on): (the figures for the record and the reporter, the per-client figures and failures for the record).
+
+    A method with personalised models (FedSA-LoRA's ``personal_adapters``) is also evaluated per client: each
+    client's own model on the server's held-out set ("personal_eval_*", the plain mean over the clients that
+    have one, per client in "client_personal_eval"), and with federated evaluation on the client's own
+    held-out split ("fed_personal_eval_*"), next to the shared view's figures."""
     result: dict = {}
+    details: dict = {}
+    personal = method.personal_adapters()
     if setup.eval_set is not None:
         result.update(evaluate_global(setup, method, config))
-    details: dict = {}
+        if personal is not None:
+            figures, details["client_personal_eval"] = evaluate_personal(setup, method, config, personal)
+            result.update(figures)
     if config.federated_eval():
         federated, figures, failures = evaluate_federated(engine, method, config.faults.fail_fast)
         result.update(federated)
-        details = {"client_eval": figures, **({"client_eval_failures": failures} if failures else {})}
+        details.update({"client_eval": figures, **({"client_eval_failures": failures} if failures else {})})
+        shared = method.personal_eval_shared()
+        if shared is not None:
+            blob = personal_eval_blob(*shared)
+            federated, figures, failures = evaluate_federated(engine, method, config.faults.fail_fast, blob)
+            result.update({k.replace("fed_", "fed_personal_", 1): v for k, v in federated.items()})
+            details["client_personal_fed_eval"] = figures
     return result, details
+
+
+def evaluate_personal(setup: RunSetup, method, config: RunConfig, adapters: dict) -> tuple[dict, list[dict]]:
+    """Each client's personalised adapter on the server's held-out set: ({"personal_eval_loss"[, "..._accuracy"]}
+    averaged over the clients (each counts once: the mean client's figure), [{"client", "eval_loss"[, ...]}])."""
+    per_client = []
+    for cid, (factors, scales) in sorted(adapters.items()):
+        install_adapter(setup.layers, factors, scales, train_B=False, train_A=False)
+        result = heldout(setup, config)
+        per_client.append({"client": cid, **{k: float(v) for k, v in result.items() if k.startswith("eval_")}})
+    return mean_figures([1.0] * len(per_client), per_client, "personal_"), per_client
 
 
 def client_summaries(config: RunConfig, setup: RunSetup, engine: Engine) -> list[dict]:
@@ -363,11 +409,13 @@ def open_run(config: RunConfig, run_dir: Path, resume: bool, engine: Engine | No
     setup = build(config, run_dir, resume)
     if checkpoint is not None:  # once model and data have loaded (a failed resume leaves the folder as it was)
         rundir.write_config(run_dir, dump_config(config))  # e.g. more rounds
-    engine = engine if engine is not None else inprocess_engine(config, setup)
+    # the clients' state stores are readable here only when the clients run here (in-process)
+    states = client_states_dir(run_dir) if engine is None else None
+    engine = engine if engine is not None else inprocess_engine(config, setup, states)
     nodes = engine.describe_nodes()
     if nodes is not None:  # a federation: which node runs each client, what it reported or refused
         rundir.write_json(run_dir / "nodes.json", nodes)
-    method = build_method(config, setup)
+    method = build_method(config, setup, client_states=states)
     summaries = client_summaries(config, setup, engine)
     engine.attach_base_history(method.base_history)  # engines whose clients own a base copy send what they missed
     state = RunState(config, run_dir, setup, method, engine, summaries, [int(s["size"]) for s in summaries], 1)
@@ -386,8 +434,9 @@ def open_run(config: RunConfig, run_dir: Path, resume: bool, engine: Engine | No
     return state
 
 
-def inprocess_engine(config: RunConfig, setup: RunSetup) -> InProcessEngine:
-    """The default engine: every client in this process, on the server's model (or a base at its precision)."""
+def inprocess_engine(config: RunConfig, setup: RunSetup, client_states: Path | None = None) -> InProcessEngine:
+    """The default engine: every client in this process, on the server's model (or a base at its precision);
+    ``client_states``: where clients keep state between rounds (FedSA-LoRA's own B), or None."""
     return InProcessEngine(
         setup.model,
         setup.layers,
@@ -400,6 +449,7 @@ def inprocess_engine(config: RunConfig, setup: RunSetup) -> InProcessEngine:
         evaluation=ClientEvaluation(
             setup.tokenizer, setup.client_eval_sets, config.eval.batch_size, config.eval.length_normalize
         ),
+        client_states=client_states,
     )
 
 
@@ -566,6 +616,15 @@ def write_outputs(state: RunState) -> dict:
     save_peft_adapter(
         state.run_dir / "adapter", factors, scales, config.model.target_modules, setup.base_name, rslora=rslora
     )
+    for cid, (own, own_scales) in (method.personal_adapters() or {}).items():  # FedSA-LoRA's own models
+        save_peft_adapter(
+            state.run_dir / PERSONAL_ADAPTERS / str(cid),
+            own,
+            own_scales,
+            config.model.target_modules,
+            setup.base_name,
+            rslora=rslora,
+        )
     final = next((r for r in reversed(records) if "eval_loss" in r or "fed_eval_loss" in r), {})
     initial_details = state.initial_details
     summary = {
@@ -586,7 +645,7 @@ def write_outputs(state: RunState) -> dict:
         ],
         "initial_eval": state.initial_eval,
         **({"initial_client_eval": initial_details["client_eval"]} if initial_details.get("client_eval") else {}),
-        "final_eval": {k: v for k, v in final.items() if k.startswith(("eval_", "fed_eval_"))},
+        "final_eval": {k: v for k, v in final.items() if k.startswith(EVAL_PREFIXES)},
         "final_train_loss": next((r["train_loss"] for r in reversed(records) if r["train_loss"] is not None), None),
         "totals": _totals(records),
         "faults": config.faults.model_dump(),
@@ -628,6 +687,19 @@ def run(
 __all__ = ["run", "load_final_model", "sample_clients", "aggregation_weights", "round_participants", "round_weights"]
 
 
+PERSONAL_ADAPTERS = "adapter-clients"
+"""Folder of the per-client personalised PEFT adapters (``adapter-clients/<id>/``), for methods that have them."""
+
+
+EVAL_PREFIXES = ("eval_", "fed_eval_", "personal_eval_", "fed_personal_eval_")
+"""The evaluation figures of a record that summary.json's final_eval keeps."""
+
+
+def client_states_dir(run_dir: Path) -> Path:
+    """Where in-process clients keep their state between rounds: the run's checkpoint folder, ``clients/<id>/``."""
+    return run_dir / rundir.CHECKPOINT_DIR / "clients"
+
+
 def load_final_model(run_dir: Path):
     """fedlora's own final model of a run, rebuilt from its folder: (model, tokenizer, config).
 
@@ -644,7 +716,9 @@ def load_final_model(run_dir: Path):
     layers = inject_lora(model, config.model.target_modules, 0.0)
     shapes = {name: ModuleShape(layer.out_features, layer.in_features) for name, layer in layers.items()}
 
-    method = build_method(config, SimpleNamespace(shapes=shapes, budgets=client_budgets(config)))
+    method = build_method(
+        config, SimpleNamespace(shapes=shapes, budgets=client_budgets(config)), client_states=client_states_dir(run_dir)
+    )
     _, tensors, meta = rundir.load_checkpoint(run_dir)
     method.load_state_tensors(tensors, meta["method_steps"])
     for update in method.base_history():  # the same merges, in the same order, as the run

@@ -150,7 +150,8 @@ def run_pilot(config: RunConfig, work_dir: Path, log: Callable[[str], None] = la
     n, r = config.partition.num_clients, config.lora.rank
     cap = rank_caps(config)
     setup.budgets = [r] * n if full_rank(config) else cap
-    method = build_method(config, setup)
+    states = work_dir / "pilot-client-states"  # clients that keep state between rounds (FedSA-LoRA) keep it here
+    method = build_method(config, setup, client_states=states)
     engine = InProcessEngine(
         setup.model,
         setup.layers,
@@ -159,6 +160,7 @@ def run_pilot(config: RunConfig, work_dir: Path, log: Callable[[str], None] = la
         setup.pad_id,
         fail_fast=True,  # a client's error stops the pilot with its traceback
         bases=client_bases(setup),
+        client_states=states,
     )
     weights = aggregation_weights(config.weighting, [len(ex) for ex in setup.client_examples])
 

@@ -17,6 +17,7 @@ PURPOSES = {
     "pilot": 8,
     "dp-noise": 9,
     "client-eval": 10,
+    "fedsb-init": 11,
 }
 
 

@@ -42,10 +42,11 @@ def _more(items: list[str]) -> str:
 
 
 def expected_keys(plan: ClientPlan) -> set[str]:
-    """The tensor keys a client must upload: its trained factors, ``<module>.lora_B`` / ``<module>.lora_A``."""
+    """The tensor keys a client must upload: its trained factors, ``<module>.lora_B`` / ``<module>.lora_A``, except a
+    B the client keeps (``plan.keep_B``)."""
     keys = set()
     for name in plan.factors:
-        if plan.train_B:
+        if plan.train_B and not plan.keep_B:  # a kept B stays on the client
             keys.add(f"{name}.lora_B")
         if plan.train_A:
             keys.add(f"{name}.lora_A")

@@ -17,11 +17,13 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from torch import nn
 
 from fedlora.client.app import evaluate_download, run_client
 from fedlora.client.bases import ClientBases
+from fedlora.client.state import ClientStateStore, client_store
 from fedlora.client.train import LocalTraining
 from fedlora.engines.base import ClientFailure, Engine
 from fedlora.lora.layer import LoRALinear
@@ -60,6 +62,7 @@ class InProcessEngine(Engine):
         clock: Callable[[], float] = time.perf_counter,
         bases: ClientBases | None = None,
         evaluation: ClientEvaluation | None = None,
+        client_states: Path | None = None,
     ) -> None:
         self.model = model
         self.layers = layers
@@ -74,6 +77,12 @@ class InProcessEngine(Engine):
         """Per-client base precision (``fleet.precision``); None: every client trains on ``model``."""
         self.evaluation = evaluation
         """The clients' own held-out sets (federated evaluation), or None."""
+        self.client_states = client_states
+        """Where each client keeps state between rounds (``<dir>/<id>/``, FedSA-LoRA's own B), or None."""
+
+    def store(self, client_id: int) -> ClientStateStore | None:
+        """Client ``client_id``'s state store (None when the engine keeps no client state)."""
+        return None if self.client_states is None else client_store(self.client_states, client_id)
 
     def evaluate_clients(self, blob: bytes) -> dict[int, dict | ClientFailure]:
         """Every client with a held-out set of its own evaluates the global model of ``blob`` (``eval_blob``)
@@ -95,6 +104,7 @@ class InProcessEngine(Engine):
                     ev.batch_size,
                     self.pad_id,
                     ev.length_normalize,
+                    state=self.store(cid),
                 )
             except Exception as err:
                 if self.fail_fast:
@@ -124,4 +134,5 @@ class InProcessEngine(Engine):
     def run_client(self, client_id: int, download: bytes) -> bytes:
         """Run one client's round on its own shard, on the base at its precision; returns its upload blob."""
         model, layers = (self.model, self.layers) if self.bases is None else self.bases.for_client(client_id)
-        return run_client(model, layers, download, self.client_examples[client_id], self.training, self.pad_id)
+        examples = self.client_examples[client_id]
+        return run_client(model, layers, download, examples, self.training, self.pad_id, state=self.store(client_id))

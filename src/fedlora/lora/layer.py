@@ -3,6 +3,9 @@
 One copy of the base model hosts every client in turn: a round installs client i's rank-k_i factors, trains
 them, reads them back and installs the next client's. The forward is y = base(x) + scale · (x Aᵀ) Bᵀ with
 A (k×n) and B (m×k); with no adapter installed it is the base layer alone.
+
+A *framed* adapter (Fed-SB / LoRA-SB) sits between fixed outer factors U (m×r) and V (r×n): the update is
+scale · U B A V with the inner pair B (r×k), A (k×r); Fed-SB trains B = R (r×r) with A = I frozen.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ class LoRALinear(nn.Module):
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.lora_A: nn.Parameter | None = None
         self.lora_B: nn.Parameter | None = None
+        self.frame: tuple[Tensor, Tensor] | None = None
         self.scale = 0.0
 
     @property
@@ -33,14 +37,34 @@ class LoRALinear(nn.Module):
     def in_features(self) -> int:
         return self.base.in_features
 
-    def set_adapter(self, B: Tensor, A: Tensor, scale: float, train_B: bool = True, train_A: bool = True) -> None:
-        """Install factors B (m×k) and A (k×n) as fresh float32 parameters on the base layer's device."""
-        if B.shape[0] != self.out_features or A.shape[1] != self.in_features or B.shape[1] != A.shape[0]:
+    def set_adapter(
+        self,
+        B: Tensor,
+        A: Tensor,
+        scale: float,
+        train_B: bool = True,
+        train_A: bool = True,
+        frame: tuple[Tensor, Tensor] | None = None,
+    ) -> None:
+        """Install factors B (m×k) and A (k×n) as fresh float32 parameters on the base layer's device.
+
+        ``frame`` = (U m×r, V r×n), fixed: the update becomes scale · U B A V with B (r×k), A (k×r) (Fed-SB)."""
+        m, n = (frame[1].shape[0], frame[0].shape[1]) if frame is not None else (self.out_features, self.in_features)
+        if B.shape[0] != m or A.shape[1] != n or B.shape[1] != A.shape[0]:
             raise ValueError(
                 f"adapter shapes B{tuple(B.shape)} A{tuple(A.shape)} do not fit a "
-                f"{self.out_features}×{self.in_features} layer"
+                f"{m}×{n} {'frame' if frame is not None else 'layer'}"
             )
         device = self.base.weight.device
+        self.frame = None
+        if frame is not None:
+            U, V = frame
+            if U.shape[0] != self.out_features or V.shape[1] != self.in_features or U.shape[1] != V.shape[0]:
+                raise ValueError(
+                    f"frame shapes U{tuple(U.shape)} V{tuple(V.shape)} do not fit a "
+                    f"{self.out_features}×{self.in_features} layer"
+                )
+            self.frame = (U.detach().to(device, torch.float32).clone(), V.detach().to(device, torch.float32).clone())
         self.lora_B = nn.Parameter(B.detach().to(device, torch.float32).clone(), requires_grad=train_B)
         self.lora_A = nn.Parameter(A.detach().to(device, torch.float32).clone(), requires_grad=train_A)
         self.scale = float(scale)
@@ -48,6 +72,7 @@ class LoRALinear(nn.Module):
     def clear_adapter(self) -> None:
         self.lora_A = None
         self.lora_B = None
+        self.frame = None
         self.scale = 0.0
 
     def get_adapter(self) -> tuple[Tensor, Tensor]:
@@ -75,6 +100,10 @@ class LoRALinear(nn.Module):
         if self.lora_A is None or self.lora_B is None:
             return out
         h = self.dropout(x).to(self.lora_A.dtype)
+        if self.frame is not None:  # scale · U B A V: through the fixed frame, r-wide on both sides
+            U, V = self.frame
+            low = ((h @ V.t()) @ self.lora_A.t()) @ self.lora_B.t() * self.scale  # [..., r]
+            return out + (low @ U.t()).to(out.dtype)
         low = (h @ self.lora_A.t()) * self.scale  # [..., k]
         if out.dtype == low.dtype:
             flat = torch.addmm(out.reshape(-1, out.shape[-1]), low.reshape(-1, low.shape[-1]), self.lora_B.t())

@@ -9,6 +9,10 @@
 | florist  | fresh rank-r_k adapters (v1)       | exact SVD from stacks, energy τ, merge         |
 | flexlora | rank-r_k cut of the global ΔW      | Σ ΔW_k kept whole (SVD), cut per client        |
 | hetlora  | rank-r_k cut of the global pair    | zero-pad, average, keep largest rank           |
+| rolora   | B (odd rounds) or A (even rounds)  | average the trained factor (exact product)     |
+| fedsa    | A and its own B (kept on client)   | average A; B never leaves the client           |
+| fedex    | the full rank-r pair               | average B, A; merge residual Σ w B_k A_k − B̄Ā |
+| fedsb    | R (r×r) between fixed B, A         | average R (exact)                              |
 
 Each method module (``fedlora.methods.<name>``) registers a :class:`MethodSpec` (``fedlora.methods.registry``,
 whose docstring describes the interface). Importing this package registers the built-in methods listed in
@@ -44,7 +48,19 @@ from fedlora.methods.registry import (
 if TYPE_CHECKING:
     from fedlora.methods.base import ClientPlan, Method
 
-BUILTIN_MODULES = ("fslora", "florist", "flora", "flexlora", "hetlora", "fedit", "ffa")
+BUILTIN_MODULES = (
+    "fslora",
+    "florist",
+    "flora",
+    "flexlora",
+    "hetlora",
+    "fedit",
+    "ffa",
+    "rolora",
+    "fedsa",
+    "fedex",
+    "fedsb",
+)
 """The built-in method modules, imported (and so registered) in this order: the report's order."""
 
 for _module in BUILTIN_MODULES:
@@ -54,7 +70,7 @@ METHODS: tuple[str, ...] = names()
 """The built-in methods (a user's registered methods are in :func:`names`)."""
 
 
-def build_context(config, shapes, budgets) -> BuildContext:
+def build_context(config, shapes, budgets, client_states=None, setup=None) -> BuildContext:
     """What ``config.method``'s builder receives, over the model's LoRA modules and the clients' budgets."""
     return BuildContext(
         name=config.method,
@@ -66,13 +82,16 @@ def build_context(config, shapes, budgets) -> BuildContext:
         options=config.method_options(),
         server=config.server,
         config=config,
+        client_states=client_states,
+        setup=setup,
     )
 
 
-def build_method(config, setup) -> Method:
+def build_method(config, setup, client_states=None) -> Method:
     """The server state of the method named by ``config.method`` over the model's LoRA target modules
-    (``setup.shapes``) and the clients' budgets (``setup.budgets``)."""
-    return get(config.method).build(build_context(config, setup.shapes, setup.budgets))
+    (``setup.shapes``) and the clients' budgets (``setup.budgets``); ``client_states``: the folder of the clients'
+    state stores when the server can read them (in-process runs), else None."""
+    return get(config.method).build(build_context(config, setup.shapes, setup.budgets, client_states, setup))
 
 
 def __getattr__(name: str) -> Any:  # the torch-heavy protocol types, imported on first use

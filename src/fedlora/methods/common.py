@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Sequence
 from torch import Tensor
 
 from fedlora.lora.state import Factors, flatten_factors, unflatten_factors
-from fedlora.methods.base import Adapter, ClientPlan
+from fedlora.methods.base import Adapter, ClientPlan, MethodDefaults
 
 Combine = Callable[[list[Tensor], list[Tensor], list[float]], tuple[Tensor, Tensor]]
 
@@ -83,7 +83,7 @@ def rank_facts(factors: Factors) -> dict[str, float]:
     return {"global_rank_min": min(ranks), "global_rank_max": max(ranks), "global_rank_mean": sum(ranks) / len(ranks)}
 
 
-class GlobalAdapterState:
+class GlobalAdapterState(MethodDefaults):
     """For methods whose whole state is a global adapter ``self.factors`` at ``self.global_scale``.
 
     The adapter is both what is evaluated and what is exported; nothing is merged into the base.
@@ -98,12 +98,6 @@ class GlobalAdapterState:
 
     def export_adapter(self) -> Adapter:
         return self.eval_adapter()
-
-    def pending_base_update(self) -> None:
-        return None
-
-    def base_history(self) -> list[Factors]:
-        return []
 
     def state_tensors(self) -> dict[str, Tensor]:
         return flatten_factors(self.factors, prefix="global.")

@@ -100,8 +100,8 @@ class FactorAveraging(GlobalAdapterState):
         """Apply Δ = Σ w_i scatter(Δ_i) with the server optimizer; returns no facts (``{}``).
 
         ``noise`` (client-level DP, uploads already clipped): Gaussian noise added to Δ before the optimizer step, on
-        every coordinate of the trained factors (B only for FFA-LoRA). An empty round (no plans) changes nothing:
-        no optimizer step, so ``step_count`` does not advance.
+        every coordinate of the factors the round trained (B only for FFA-LoRA; the round's factor for RoLoRA). An
+        empty round (no plans) changes nothing: no optimizer step, so ``step_count`` does not advance.
         """
         if not plans:
             return {}
@@ -115,8 +115,8 @@ class FactorAveraging(GlobalAdapterState):
                 scattered_B.append(dB)
                 scattered_A.append(dA)
             delta[name] = aggregation.fedit(scattered_B, scattered_A, weights)
-        if noise is not None:
-            delta = noise.perturb(delta, B=True, A=not self.freeze_A)
+        if noise is not None:  # on the factors this round trained (every plan trains the same ones)
+            delta = noise.perturb(delta, B=plans[0].train_B, A=plans[0].train_A)
         self.factors = self.optimizer.step(self.factors, delta)
         return {}
 

@@ -32,11 +32,11 @@ from torch import Tensor
 
 from fedlora.lora.scaling import ScaleRule
 from fedlora.lora.state import Factors, ModuleShape, flatten_factors, init_factors, unflatten_factors
-from fedlora.methods.base import Adapter, ClientPlan
+from fedlora.methods.base import Adapter, ClientPlan, MergedHistory
 from fedlora.methods.common import Combine, combine_updates, rank_facts
 
 
-class MergeIntoBase:
+class MergeIntoBase(MergedHistory):
     def __init__(
         self,
         name: str,
@@ -90,13 +90,6 @@ class MergeIntoBase:
             for name in self.shapes
         }
         return factors, {name: 1.0 for name in factors}
-
-    def pending_base_update(self) -> Factors | None:
-        pending, self._pending = self._pending, None
-        return pending
-
-    def base_history(self) -> list[Factors]:
-        return list(self.history)
 
     def options(self) -> dict:
         return {"budgets": self.budgets, "handoff": "merge into base, fresh adapters (v1)", **self._options}

@@ -39,8 +39,8 @@ The interface (stable; extend it only with fields that have defaults):
   ``budgets`` (list[int], each client's rank; ``lora.rank`` for every client of a "full" method), ``rank``
   (``lora.rank``), ``scale`` (ScaleRule in force), ``seed`` (the run seed; ``init_generator()`` gives the seeded
   generator every built-in method draws its initial factors from), ``options`` (the options instance or None),
-  ``server`` (the ``[server]`` section: optimizer settings) and ``config`` (the whole RunConfig, read-only, for
-  anything else).
+  ``server`` (the ``[server]`` section: optimizer settings), ``config`` (the whole RunConfig, read-only, for
+  anything else) and ``setup`` (the run's model and data, or None when a checkpoint is to be loaded).
 - ``PayloadContext`` (frozen dataclass): ``shapes`` (module → (m, n)), ``budgets``, ``rank``, ``per_round`` (most
   participants of a round), ``options``.
 - ``PayloadSizes``: ``download`` and ``upload`` (dict tensor name → shape), ``download_what``, ``upload_what``.
@@ -117,6 +117,13 @@ class BuildContext:
     config: Any = None
     """The whole RunConfig (read it, do not change it), for what the fields above do not carry; None when the
     state is rebuilt without one."""
+    client_states: Any = None
+    """The folder of the clients' state stores (``<dir>/<id>/``, ``fedlora.client.state``) when the server can read
+    it (in-process runs keep it in the run folder), else None. For methods whose clients keep state (FedSA-LoRA)."""
+    setup: Any = None
+    """The run's ``fedlora.setup.RunSetup`` (model, LoRA layers, client data) when the state is built for a run that
+    starts (Fed-SB initialises from a gradient of the model); None, or a bare namespace without ``model``, when the
+    state is rebuilt to load a checkpoint."""
 
     def init_generator(self) -> torch.Generator:
         """The seeded generator the initial global factors are drawn from (``seeding.generator(seed, "init")``)."""

@@ -291,6 +291,19 @@ def run_folder(context: Context, session: str) -> Path:
     return root / f"run-{context.run_id}-{session}"
 
 
+def client_state_for(context: Context, session: str, client_id: int):
+    """This node's own state store in fedlora run ``session`` (FedSA-LoRA's B): ``<root>/state-<session>/<id>/``,
+    root the node config ``state-dir``, else its ``cache-dir``, else the cache folder's ``flower/``. Each round's
+    state is written atomically (``fedlora.client.state``); it outlives Flower runs and node restarts (a resumed
+    fedlora run keeps its session, ``server.run_session``), is never sent, and ``handle_finish`` leaves it."""
+    from fedlora.client.state import client_store
+    from fedlora.models import cache_dir
+
+    root = context.node_config.get("state-dir") or context.node_config.get("cache-dir")
+    root = Path(str(root)).expanduser() if root else cache_dir() / "flower"
+    return client_store(root / f"state-{session}", client_id)
+
+
 def store_for(context: Context, session: str, client_id: int) -> BaseStore:
     """The base updates this node (client ``client_id``) received in fedlora run ``session``."""
     return BaseStore(run_folder(context, session) / f"client-{client_id}")
@@ -559,7 +572,16 @@ def handle_train(message: Message, context: Context) -> RecordDict:
         rt.own = own_data(rt.config, context, cid)
     examples = rt.client_examples(cid, store.folder)
     try:
-        upload = run_client(rt.model, rt.layers, download, examples, rt.training, rt.pad_id, apply_base_sync=apply_sync)
+        upload = run_client(
+            rt.model,
+            rt.layers,
+            download,
+            examples,
+            rt.training,
+            rt.pad_id,
+            apply_base_sync=apply_sync,
+            state=client_state_for(context, session, cid),
+        )
     except BaseException:
         rt.load_model()  # the model may hold a half-applied update: start from the original base next time
         raise
@@ -641,6 +663,7 @@ def handle_evaluate(message: Message, context: Context) -> RecordDict:
         config.eval.batch_size,
         rt.pad_id,
         config.eval.length_normalize,
+        state=client_state_for(context, session, cid),
     )
     reply = ConfigRecord({"status": wire.STATUS_OK, **figures})
     return RecordDict({wire.FEDLORA: reply})

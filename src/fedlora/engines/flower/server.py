@@ -56,6 +56,29 @@ def check_payload_sizes(config) -> str:
     return fingerprint
 
 
+SESSION_FILE = "flower-session"
+"""The run folder's file naming its fedlora session on the nodes, so that a resumed run finds the state its nodes
+keep for it (FedSA-LoRA's B, ``node.client_state_for``)."""
+
+
+def run_session(run_dir: Path, resume: bool) -> str:
+    """The session id of the fedlora run in ``run_dir``: the one it had when resumed, else a new one."""
+    path = run_dir / SESSION_FILE
+    if resume and path.is_file():
+        return path.read_text(encoding="utf-8").strip()
+    return uuid.uuid4().hex[:12]
+
+
+def remember_session(run_dir: Path, session: str, resume: bool) -> None:
+    """Write the session id to the run folder once the nodes have accepted the run, and never into a folder that
+    already holds a run (``federation.run`` refuses that without touching it)."""
+    from fedlora import rundir
+
+    if resume or not (run_dir / rundir.CHECKPOINT_DIR).exists():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        rundir.atomic_write_text(run_dir / SESSION_FILE, session + "\n")
+
+
 def run_on_grid(
     grid: Grid,
     config,
@@ -78,7 +101,7 @@ def run_on_grid(
     fingerprint = base_fingerprint
     if fingerprint is None:  # before any node is contacted or anything is written
         fingerprint = check_payload_sizes(config)
-    session = uuid.uuid4().hex[:12]  # this fedlora run on these nodes (one Flower run may carry several)
+    session = run_session(run_dir, resume)  # this fedlora run on these nodes (one Flower run may carry several)
     found = connect(
         grid,
         dump_config(config),
@@ -91,6 +114,7 @@ def run_on_grid(
         log=say,
     )
     check_refusals(config, found)
+    remember_session(run_dir, session, resume)
     config = with_declared_resources(config, found.reports)
     if say:
         say("flower: clients on nodes " + ", ".join(f"{cid}→{node}" for cid, node in sorted(found.nodes.items())))
