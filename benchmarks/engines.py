@@ -84,6 +84,23 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _wait_listening(port: int, proc, timeout_s: float = 300.0) -> None:
+    """Return once 127.0.0.1:``port`` accepts connections (SystemExit if ``proc`` exits or the time runs out):
+    `flwr run` and the SuperNodes fail at once against a SuperLink that is still starting."""
+    import socket
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"!! the SuperLink exited with status {proc.returncode} before listening on {port}")
+        with socket.socket() as s:
+            s.settimeout(1.0)
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise SystemExit(f"!! the SuperLink did not listen on {port} within {timeout_s:.0f} s")
+
+
 def _descendants(pid: int) -> list[int]:
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
@@ -119,6 +136,7 @@ def run_deployed(config_path: Path, overrides: list[str], out: Path, warm: bool)
     )
     env = {
         **os.environ,
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",  # the SuperLink starts flower-superexec by name
         "FLWR_HOME": str(work / "flwr-home"),
         "FEDLORA_CACHE": str(work / "cache"),
         "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
@@ -136,7 +154,8 @@ def run_deployed(config_path: Path, overrides: list[str], out: Path, warm: bool)
 
     started = time.perf_counter()
     try:
-        start([str(bin_dir / "flower-superlink"), "--insecure", "--port", str(port)], "superlink.log")
+        link = start([str(bin_dir / "flower-superlink"), "--insecure", "--port", str(port)], "superlink.log")
+        _wait_listening(port, link)
         for cid in range(config.partition.num_clients):
             node_config = f'partition-id={cid} cache-dir="{work / f"node-{cid}"}" warm={str(warm).lower()}'
             args = ["--insecure", "--superlink", f"127.0.0.1:{port}", "--port", str(_free_port())]
