@@ -3,7 +3,8 @@
 R is exact: s B (Σ w_k R_k) A = Σ w_k ΔW_k.
 
 Initialisation (:mod:`fedlora.lora.sb_init`): B, R, A from the rank-r SVD of −η·sign(∇W L) on a sample of the
-training data, as the authors' code does. A client receives B and A (as the fixed ``frame`` of its adapter) and
+training data, as the authors' code does (CERT-Lab/fed-sb, read in its public copy putssander/fed-sb:
+``fed_sb/fed/CR/multiround_train_cr_fed.py``). A client receives B and A (as the fixed ``frame`` of its adapter) and
 R, trains R with B and A frozen (``fedlora.lora.layer``: scale · B R I A, the inner A the identity, not sent) and
 uploads R alone: r² numbers per module.
 
