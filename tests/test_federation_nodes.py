@@ -238,7 +238,7 @@ def test_nodes_with_their_own_files_train_as_the_in_process_twin(tmp_path, fedlo
     node_config = {cid: f'data="{path}"' for cid, path in enumerate(files)}
     node_config[2] += " max-rank=4"
     twin_config = files_config(tmp_path / "node-data", [str(p) for p in files])
-    with _federation(tmp_path, fedlora_cache, node_config=node_config) as (env, procs):
+    with _federation(tmp_path, fedlora_cache, node_config=node_config, warm=True) as (env, procs):
         for method in DEPLOYED:
             out = tmp_path / "runs" / method
             run_config = f'config="{config_path}" out="{out}" overrides="method={method}"'
@@ -289,7 +289,7 @@ def test_a_node_whose_data_does_not_fit_is_refused_before_round_1(tmp_path, fedl
     server.mkdir()
     config_path = nodes_config(server)
     node_config = {cid: f'data="{path}"' for cid, path in enumerate(files)}
-    with _federation(tmp_path, fedlora_cache, node_config=node_config) as (env, procs):
+    with _federation(tmp_path, fedlora_cache, node_config=node_config, warm=True) as (env, procs):
         out = tmp_path / "runs" / "goes-on"
         run_config = f'config="{config_path}" out="{out}" overrides="eval.before=false eval.every=2"'
         status, shown = _flwr_run(procs, env, tmp_path, "goes-on", run_config)

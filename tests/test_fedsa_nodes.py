@@ -54,7 +54,7 @@ def test_a_restarted_supernode_keeps_its_B_and_the_run_ends_as_its_twin(tmp_path
     config_path = nodes_config(server)
     node_config = {cid: f'data="{path}"' for cid, path in enumerate(files)}
     out = tmp_path / "runs" / "fedsa"
-    with _federation(tmp_path, fedlora_cache, node_config=node_config) as (env, procs):
+    with _federation(tmp_path, fedlora_cache, node_config=node_config, warm=True) as (env, procs):
         # ------------------------------------------------------------ round 1, then node 1 killed and restarted
         first = f'config="{config_path}" out="{out}" overrides="method=fedsa rounds=1"'
         status, shown = _flwr_run(procs, env, tmp_path, "fedsa-1", first)

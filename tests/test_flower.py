@@ -301,7 +301,8 @@ def simulated(tmp_path_factory, fedlora_cache):
     with pytest.MonkeyPatch.context() as mp:  # in-process, client 2 raises in every round
         mp.setattr(federation, "InProcessEngine", _ClientTwoRaises)
         federation.run(load_config(TINY, FAST), root / "inprocess" / "tolerant")
-    assert not any((fedlora_cache / "flower").glob("run-*/client-*")), "nodes did not drop their base updates"
+    left = sorted(str(p.relative_to(fedlora_cache)) for p in (fedlora_cache / "flower").glob("run-*/client-*/*"))
+    assert not left, f"nodes did not drop their base updates: {left}"
     return root, results
 
 
@@ -484,6 +485,7 @@ def _federation(
     tls: dict | None = None,
     extra_nodes: dict | None = None,
     node_config: dict[int, str] | None = None,
+    warm: bool = False,
 ):
     """A real flower-superlink and three flower-supernode processes (partition-id 0, 1, 2) on free loopback
     ports; yields (flwr environment, Processes); stops every process it or the caller started afterwards, by pid
@@ -493,7 +495,9 @@ def _federation(
     ``i`` proves its identity with the private key ``keys[i]`` (registered first with ``flwr supernode register``)
     and verifies the SuperLink with the CA; ``flwr`` too. Without it everything runs ``--insecure``.
     ``extra_nodes``: name → extra flower-supernode arguments of nodes started after the three (their logs are
-    ``<name>.log`` in ``work``). ``node_config``: partition id → more node config of that node (e.g. its data)."""
+    ``<name>.log`` in ``work``). ``node_config``: partition id → more node config of that node (e.g. its data).
+    ``warm``: the three nodes hand their messages to a warm worker each (node config ``warm=true``); afterwards every
+    worker must have stopped by itself within 10 s of its SuperNode (checked by the pid it wrote)."""
     procs = Processes()
     home = work / "flwr-home"
     home.mkdir()
@@ -520,6 +524,7 @@ def _federation(
                 assert done.returncode == 0, done.stdout + done.stderr
                 args = ["--root-certificates", str(tls["ca"]), "--auth-supernode-private-key", str(key)]
             settings = f'partition-id={cid} num-partitions=3 cache-dir="{work / f"node-{cid}"}"'
+            settings += " warm=true" if warm else ""
             settings += f" {(node_config or {}).get(cid, '')}".rstrip()
             nodes[f"supernode-{cid}"] = [*args, "--node-config", settings]
         node = [str(BIN / "flower-supernode"), "--superlink", f"127.0.0.1:{port}"]
@@ -531,6 +536,25 @@ def _federation(
         pids = [p.pid for p in procs.started]
         procs.stop_all()
         assert not any(_alive(pid) for pid in pids)
+        if warm:
+            _assert_workers_stopped(work)
+
+
+def _assert_workers_stopped(work: Path, timeout: float = 10.0) -> None:
+    """The nodes' warm workers (pids in ``node-*/worker-*/worker.pid``) stop by themselves once their SuperNodes
+    are gone; any still alive after ``timeout`` is killed and the test fails."""
+    used = {p.parent.parent.name for p in work.glob("node-*/worker-*/worker.log")}
+    assert used == {"node-0", "node-1", "node-2"}, f"nodes whose messages went to a warm worker: {sorted(used)}"
+    files = list(work.glob("node-*/worker-*/worker.pid"))
+    workers = {int(f.read_text()) for f in files if f.is_file()}
+    deadline = time.monotonic() + timeout
+    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    alive = sorted(pid for pid in workers if _alive(pid))
+    for pid in alive:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    assert not alive, f"warm workers {alive} outlived their SuperNodes by {timeout:.0f} s"
 
 
 def _with_port(command: list[str], args: list[str]):

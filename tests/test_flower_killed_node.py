@@ -41,7 +41,7 @@ server-side evaluation only after the last round."""
 def federation(tmp_path_factory, fedlora_cache):
     """One SuperLink and three SuperNodes for both tests; yields (flwr environment, Processes, work folder)."""
     work = tmp_path_factory.mktemp("killed-node")
-    with test_flower._federation(work, fedlora_cache) as (env, procs):
+    with test_flower._federation(work, fedlora_cache, warm=True) as (env, procs):
         yield env, procs, work
 
 

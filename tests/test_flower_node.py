@@ -194,6 +194,50 @@ def test_connect_nodes_refuses_a_missing_partition_id():
         connect_nodes(_Grid({5: 0, 17: 1, 31: 3, 40: 4}), "config", 4, session="s")
 
 
+class _SlowGrid(_Grid):
+    """A grid whose nodes answer a training message only on the third pull that asks for it (late past any round
+    deadline); ``events`` logs each push (by message type) and each reply handed out, in order."""
+
+    def __init__(self, partition_ids: dict[int, int]) -> None:
+        super().__init__(partition_ids)
+        self.events: list[str] = []
+        self._asked: dict[str, int] = {}
+
+    def push_messages(self, messages):
+        self.events += [f"push {m.metadata.message_type}" for m in messages]
+        return super().push_messages(messages)
+
+    def pull_messages(self, ids):
+        ready = []
+        for mid in ids:
+            self._asked[mid] = self._asked.get(mid, 0) + 1
+            kind = self.sent[int(mid[1:])].metadata.message_type
+            if kind == wire.FINISH or self._asked[mid] >= 3:
+                ready.append(mid)
+        self.events += [f"reply {self.sent[int(mid[1:])].metadata.message_type}" for mid in ready]
+        return super().pull_messages(ready)
+
+
+def test_finish_waits_for_replies_that_came_too_late_for_their_round():
+    """Training messages not answered within the round's deadline are still worked on by their nodes: the run's
+    finish (nodes drop the run's folder) goes out only once they answered, else a late one would write the
+    folder again after the finish and the node would keep it."""
+    from fedlora.engines.flower.engine import FlowerGridEngine, exchange
+
+    grid = _SlowGrid({31: 0, 17: 1})
+    engine = FlowerGridEngine(grid, {0: 31, 1: 17}, session="s", round_timeout_s=0.0, fail_fast=False)
+    train = {
+        cid: Message(RecordDict(), dst_node_id=node, message_type=wire.TRAIN) for cid, node in engine.nodes.items()
+    }
+    failures: dict[int, str] = {}
+    assert exchange(grid, train, "training", 0.0, str, failures=failures, outstanding=engine.outstanding) == {}
+    assert set(failures) == {0, 1} and engine.outstanding == {"m0", "m1"}
+    engine.finish(timeout=30.0)
+    first_finish = grid.events.index(f"push {wire.FINISH}")
+    assert grid.events[:first_finish].count(f"reply {wire.TRAIN}") == 2, grid.events
+    assert grid.events.count(f"reply {wire.FINISH}") == 2 and engine.outstanding == set()
+
+
 def test_the_server_log_shows_scalar_figures_and_skips_per_task_dicts(capsys):
     """A bigbench mixture's evaluation carries eval_task_accuracy, a dict: the server's log line shows the scalar
     figures and leaves the dict to the records (it used to format every value as a float and crash the run)."""

@@ -21,6 +21,7 @@ and is sent what it lacks (the catch-up protocol).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import time
@@ -91,18 +92,23 @@ def exchange(
     label: Callable[[int], str],
     timeout_setting: str = "flower.round_timeout_s",
     failures: dict[int, str] | None = None,
+    outstanding: set[str] | None = None,
 ) -> dict[int, Message]:
     """Send ``messages`` (key → message) at once and wait for every reply; replies by key.
 
     Replies are matched to what they answer by ``reply_to_message_id``: an error the SuperLink sends in a node's
     place (e.g. "Node Unavailable" for a node that stopped) comes from node 0 and still names its message.
     Raises FedloraError naming the sender (``label(key)``) of an error reply, or every key without a reply when
-    ``timeout`` runs out; with a ``failures`` dict, records key → one-line reason there instead."""
+    ``timeout`` runs out; with a ``failures`` dict, records key → one-line reason there instead. ``outstanding``
+    collects the ids of messages pushed but not answered in time (their nodes may still be working on them)."""
     if not messages:
         return {}
     keys = list(messages)
     pushed, replies_in = send_and_receive(grid, [messages[key] for key in keys], timeout)
     by_id = {mid: key for mid, key in zip(pushed, keys, strict=True) if mid}
+    if outstanding is not None:
+        answered = {reply.metadata.reply_to_message_id for reply in replies_in}
+        outstanding.update(mid for mid in by_id if mid not in answered)
     replies: dict[int, Message] = {}
     for reply in replies_in:
         key = by_id.get(reply.metadata.reply_to_message_id)
@@ -159,6 +165,8 @@ class FlowerGridEngine(Engine):
         """Base updates each client's node holds, as far as this engine knows (0: the original base)."""
         self._facts: dict = {}
         self._calls = 0
+        self.outstanding: set[str] = set()
+        """Messages of this run still unanswered (late past a round deadline): ``finish`` waits for them first."""
 
     # -------------------------------------------------------------------------------- round-loop hooks
     def attach_base_history(self, base_history: Callable[[], list[Factors]]) -> None:
@@ -230,7 +238,14 @@ class FlowerGridEngine(Engine):
                 messages[cid] = message
                 catchup_bytes += extra
             replies = exchange(
-                self.grid, messages, "training", self.round_timeout_s, self.label, self.timeout_setting, failures
+                self.grid,
+                messages,
+                "training",
+                self.round_timeout_s,
+                self.label,
+                self.timeout_setting,
+                failures,
+                self.outstanding,
             )
             again = []
             for cid, reply in replies.items():
@@ -325,7 +340,14 @@ class FlowerGridEngine(Engine):
         for attempt in range(2):
             messages = {cid: self._evaluate_message(cid, blob, history, start_from[cid]) for cid in pending}
             replies = exchange(
-                self.grid, messages, "evaluation", self.round_timeout_s, self.label, self.timeout_setting, failures
+                self.grid,
+                messages,
+                "evaluation",
+                self.round_timeout_s,
+                self.label,
+                self.timeout_setting,
+                failures,
+                self.outstanding,
             )
             again = []
             for cid, reply in replies.items():
@@ -380,15 +402,23 @@ class FlowerGridEngine(Engine):
             raise FedloraError(f"flower: {complaint}; refused")
 
     def finish(self, timeout: float = 60.0) -> None:
-        """Tell every node the run is over (they drop its stored base updates); failures are ignored."""
+        """Tell every node the run is over (they drop the run's folder: base updates, encoded data); failures are
+        ignored. Messages still unanswered (late past a round deadline) are awaited first, within the same
+        ``timeout``: a node that handled one after the finish would write the run's folder again and keep it."""
+        end = time.monotonic() + timeout
+        pending = set(self.outstanding)
+        with contextlib.suppress(Exception):  # cleanup is best effort
+            while pending and time.monotonic() < end:
+                pending -= {reply.metadata.reply_to_message_id for reply in self.grid.pull_messages(pending)}
+                if pending:
+                    time.sleep(POLL_S)
+        self.outstanding = pending
         messages = {
             cid: Message(RecordDict({wire.FEDLORA: ConfigRecord({})}), dst_node_id=node, message_type=wire.FINISH)
             for cid, node in self.nodes.items()
         }
-        try:
-            send_and_receive(self.grid, list(messages.values()), timeout)
-        except Exception:  # noqa: BLE001 - cleanup is best effort
-            pass
+        with contextlib.suppress(Exception):  # cleanup is best effort
+            send_and_receive(self.grid, list(messages.values()), max(1.0, end - time.monotonic()))
 
 
 @dataclass

@@ -12,10 +12,12 @@ simulation's Ray worker does.
 - answers one message at a time (a SuperNode runs one ClientApp at a time);
 - stops by itself when its SuperNode process is gone (checked every second) or after ``warm-idle-s`` seconds
   (node config, default 600) without a message; nothing to stop by hand;
-- refuses connections without the key it was started with (a file readable by the node's user only).
+- refuses connections without the key it was started with (a file readable by the node's user only);
+- writes its pid to ``worker.pid`` in its folder while it runs (a supervisor can stop it by pid).
 
-Node config ``warm=true`` turns it on (opt-in for now: it is not yet covered by the real-process tests); without
-it every message runs in its ClientApp process.
+Node config ``warm=true`` turns it on (opt-in); without it every message runs in its ClientApp process. The
+real-process tests run their federations of own-data nodes warm (``tests/test_federation_nodes.py``,
+``tests/test_fedsa_nodes.py``, ``tests/test_flower_killed_node.py``) and the plain deployment tests cold.
 What travels over the socket is Flower's own serialisation of the message content and the node's context state
 (``deflate`` / ``inflate_object_from_contents``); the handlers return the reply's content, which the ClientApp
 process wraps in the reply Message.
@@ -223,6 +225,7 @@ def serve(folder: Path, sock: Path, owner: int, idle_s: float) -> None:
     """Answer the node's messages until its SuperNode ``owner`` is gone or ``idle_s`` pass without one."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     listener = Listener(str(sock), family="AF_UNIX", authkey=(folder / "key").read_bytes())  # first: callers wait
+    (folder / "worker.pid").write_text(f"{os.getpid()}\n")  # who to stop by pid (it also stops by itself)
     import fedlora.engines.flower  # noqa: F401 - no telemetry
     from fedlora.engines.flower import node  # noqa: F401 - the imports a message needs, done once
 
@@ -234,6 +237,7 @@ def serve(folder: Path, sock: Path, owner: int, idle_s: float) -> None:
             idle = not state["busy"] and time.monotonic() - state["last"] > idle_s
             if not _alive(owner) or idle:
                 sock.unlink(missing_ok=True)
+                (folder / "worker.pid").unlink(missing_ok=True)
                 os._exit(0)
 
     threading.Thread(target=watch, daemon=True).start()
