@@ -138,6 +138,31 @@ def test_a_train_message_waits_for_a_free_host_slot(config_text, cache, tmp_path
     assert replies and replies[0].config_records[wire.FEDLORA]["status"] == wire.STATUS_OK
 
 
+@pytest.mark.parametrize("keeps", [True, False])
+def test_a_node_whose_process_stays_builds_its_model_and_data_at_hello(config_text, cache, monkeypatch, keeps):
+    """A warm worker (KEEPS_RUNTIME) builds the model and encodes the client's data as the node joins, and its
+    first round uses them (no second build); a process that ends with the message builds nothing at hello."""
+    from fedlora.engines.flower import node
+
+    builds = []
+    real_load = node._Runtime.load_model
+
+    def counting(self):
+        builds.append(self.key)
+        return real_load(self)
+
+    monkeypatch.setattr(node._Runtime, "load_model", counting)
+    monkeypatch.setattr(node, "KEEPS_RUNTIME", keeps)
+    monkeypatch.setattr(node, "_RUNTIME", None)
+    context = _context(**{"partition-id": 1})
+    handle_hello(_hello(config_text, session="preload"), context)
+    assert len(builds) == (1 if keeps else 0)
+    assert (node._RUNTIME is not None and 1 in node._RUNTIME.examples) == keeps
+    reply = handle_train(_train(1, "preload"), context)
+    assert reply.config_records[wire.FEDLORA]["status"] == wire.STATUS_OK
+    assert len(builds) == 1
+
+
 # ------------------------------------------------------------------------------------------------ train
 
 

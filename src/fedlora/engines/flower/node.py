@@ -53,6 +53,10 @@ from fedlora.errors import FedloraError
 _RUNTIME: _Runtime | None = None
 """This process's client: model, layers and data shards, reused while the config stays the same."""
 
+KEEPS_RUNTIME = False
+"""Whether this process outlives the message it handles (a node's warm worker sets it): then the hello builds the
+model and encodes the client's data at once, as the node joins, instead of in the first round it is sampled."""
+
 
 # ------------------------------------------------------------------------------------------- building
 
@@ -481,7 +485,7 @@ def handle_hello(message: Message, context: Context) -> RecordDict:
         slots = host_slots(context)
         if _flag(context, "probe"):
             _threads(context, int(hello.get("threads", 0)))
-            rt = runtime(config_text, _device(context), str(hello["session"]))
+            rt = runtime(config_text, _device(context), str(hello["session"]), precision)
             rt.own = data
             with host_slot(slots, slots_folder(context.node_config)):  # timed alone, as it will train
                 declared["tokens_per_s"] = probe_throughput(config, rt, rt.client_examples(cid))
@@ -500,6 +504,8 @@ def handle_hello(message: Message, context: Context) -> RecordDict:
             "precision": precision or "",
         }
     )
+    if KEEPS_RUNTIME:
+        _preload(context, config_text, str(hello["session"]), cid, precision, data, int(hello.get("threads", 0)))
     reply = ConfigRecord(
         {
             "status": wire.STATUS_OK,
@@ -514,6 +520,17 @@ def handle_hello(message: Message, context: Context) -> RecordDict:
         reply["eval_examples"] = len(data.held_out)
         _say(f"client {cid}: {len(data.train)} training and {len(data.held_out)} held-out examples")
     return RecordDict({wire.FEDLORA: reply})
+
+
+def _preload(context: Context, config_text: str, session: str, cid: int, precision, data, threads: int) -> None:
+    """Build this process's runtime (the base model at the node's precision) and encode the client's training
+    data now (a warm worker keeps both), in a host slot when the node config sets them."""
+    _threads(context, threads)
+    with host_slot(host_slots(context), slots_folder(context.node_config)):
+        rt = runtime(config_text, _device(context), session, precision)
+        if data is not None:
+            rt.own = data
+        rt.client_examples(cid, store_for(context, session, cid).folder)
 
 
 def host_slots(context: Context) -> int | None:
