@@ -20,8 +20,10 @@ federation) the same run goes through both engines:
 Per engine it reports the set-up time (until round 1 starts: model and data for in-process; also Ray's start
 and the nodes' hello for Flower), round 1 (Flower's nodes build their model and shard there), and the median of
 the later rounds that do not evaluate: the whole round (``wall_s`` in metrics.jsonl) and its client phase (from
-the round's start to the last upload read). Evaluation runs only after the last round (identical on both engines
-and left out). The two engines must end with the same adapter bytes: the script checks the byte totals.
+the round's start to the last upload read); for a deployed run also ``nodes s``, the seconds the round's nodes
+spent in their training handlers by their own clocks, summed (``node_s`` in metrics.jsonl). Evaluation runs
+only after the last round (identical on both engines and left out). The two engines must end with the same
+adapter bytes: the script checks the byte totals.
 
     python benchmarks/engines.py                      # tiny model, then SmolLM2-135M (≈ 10 min on 2 cores)
     python benchmarks/engines.py --models tiny        # seconds
@@ -199,6 +201,7 @@ def run_deployed(config_path: Path, overrides: list[str], out: Path, warm: bool,
         "round1_s": records[0]["wall_s"],
         "round_s": statistics.median(r["wall_s"] for r in later) if later else None,
         "clients_s": statistics.median(r["flower_s"] for r in later) if later else None,
+        "nodes_s": statistics.median(sum(s for s in r["node_s"] if s) for r in later) if later else None,
         "rounds_measured": len(later),
         "bytes_up": summary["totals"]["bytes_up"],
         "bytes_down": summary["totals"]["bytes_down"],
@@ -271,7 +274,10 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     results = []
-    header = f"{'model':8} {'engine':17} {'setup s':>8} {'round 1 s':>10} {'round s':>8} {'clients s':>10} {'ratio':>6}"
+    header = (
+        f"{'model':8} {'engine':17} {'setup s':>8} {'round 1 s':>10} {'round s':>8} {'clients s':>10} "
+        f"{'nodes s':>8} {'ratio':>6}"
+    )
     for model in args.models.split(","):
         config_path, extra = MODELS[model]
         overrides = [
@@ -300,7 +306,8 @@ def main(argv: list[str] | None = None) -> int:
             shown_ratio = f"{row['ratio']:.2f}" if row.get("ratio") is not None else ""
             print(
                 f"{row['model']:8} {row['engine']:17} {row['setup_s']:8.1f} {row['round1_s']:10.2f} "
-                f"{row['round_s'] or float('nan'):8.2f} {row['clients_s'] or float('nan'):10.2f} {shown_ratio:>6}",
+                f"{row['round_s'] or float('nan'):8.2f} {row['clients_s'] or float('nan'):10.2f} "
+                f"{row.get('nodes_s') or float('nan'):8.2f} {shown_ratio:>6}",
                 flush=True,
             )
         results += rows
