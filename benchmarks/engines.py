@@ -12,14 +12,18 @@ federation) the same run goes through both engines:
   with ``flwr run flower/`` (the bundled app; each node with ``--client-cpus`` torch threads): every message
   imports torch and builds the model and data in a fresh ClientApp process (Flower 1.41's way);
   ``flower-warm``: the same with node config ``warm=true`` (docs/flower.md: the ClientApp process hands each
-  message to a long-lived process per node that keeps the imports, the model and the encoded data).
+  message to a long-lived process per node that keeps the imports, the model and the encoded data);
+  ``flower-warm-slots``: warm, and node config ``host-slots=N`` (``--host-slots``, default cores // client CPUs):
+  at most N of the machine's nodes train or evaluate at once, as Ray's CPU resources do in a simulation.
   Every process started is stopped by pid afterwards.
 
 Per engine it reports the set-up time (until round 1 starts: model and data for in-process; also Ray's start
 and the nodes' hello for Flower), round 1 (Flower's nodes build their model and shard there), and the median of
 the later rounds that do not evaluate: the whole round (``wall_s`` in metrics.jsonl) and its client phase (from
-the round's start to the last upload read). Evaluation runs only after the last round (identical on both engines
-and left out). The two engines must end with the same adapter bytes: the script checks the byte totals.
+the round's start to the last upload read); for a deployed run also ``nodes s``, the seconds the round's nodes
+spent in their training handlers by their own clocks, summed (``node_s`` in metrics.jsonl). Evaluation runs
+only after the last round (identical on both engines and left out). The two engines must end with the same
+adapter bytes: the script checks the byte totals.
 
     python benchmarks/engines.py                      # tiny model, then SmolLM2-135M (≈ 10 min on 2 cores)
     python benchmarks/engines.py --models tiny        # seconds
@@ -118,7 +122,7 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
-def run_deployed(config_path: Path, overrides: list[str], out: Path, warm: bool) -> dict:
+def run_deployed(config_path: Path, overrides: list[str], out: Path, warm: bool, host_slots: int | None) -> dict:
     """The run on a real flower-superlink and one flower-supernode per client (loopback), through `flwr run`;
     round times from metrics.jsonl, the set-up time until the ServerApp printed round 1's start."""
     import signal
@@ -158,6 +162,8 @@ def run_deployed(config_path: Path, overrides: list[str], out: Path, warm: bool)
         _wait_listening(port, link)
         for cid in range(config.partition.num_clients):
             node_config = f'partition-id={cid} cache-dir="{work / f"node-{cid}"}" warm={str(warm).lower()}'
+            if host_slots:
+                node_config += f' host-slots={host_slots} slots-dir="{work / "slots"}"'
             args = ["--insecure", "--superlink", f"127.0.0.1:{port}", "--port", str(_free_port())]
             start([str(bin_dir / "flower-supernode"), *args, "--node-config", node_config], f"node-{cid}.log")
         quoted = " ".join(overrides).replace('"', '\\"')
@@ -188,24 +194,27 @@ def run_deployed(config_path: Path, overrides: list[str], out: Path, warm: bool)
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     later = [r for r in records[1:] if "eval_loss" not in r]
     return {
-        "engine": "flower-warm" if warm else "flower",
+        "engine": ("flower-warm" if warm else "flower") + ("-slots" if host_slots else ""),
+        "host_slots": host_slots,
         "total_s": total,
         "setup_s": first_round,
         "round1_s": records[0]["wall_s"],
         "round_s": statistics.median(r["wall_s"] for r in later) if later else None,
         "clients_s": statistics.median(r["flower_s"] for r in later) if later else None,
+        "nodes_s": statistics.median(sum(s for s in r["node_s"] if s) for r in later) if later else None,
         "rounds_measured": len(later),
         "bytes_up": summary["totals"]["bytes_up"],
         "bytes_down": summary["totals"]["bytes_down"],
     }
 
 
-def run_engine(engine: str, config_path: Path, overrides: list[str], out: Path) -> dict:
+def run_engine(engine: str, config_path: Path, overrides: list[str], out: Path, host_slots: int = 1) -> dict:
     from fedlora import federation
     from fedlora.config import load_config
 
-    if engine in ("flower", "flower-warm"):
-        return run_deployed(config_path, overrides, out, warm=engine == "flower-warm")
+    if engine in ("flower", "flower-warm", "flower-warm-slots"):
+        slots = host_slots if engine.endswith("-slots") else None
+        return run_deployed(config_path, overrides, out, warm=engine != "flower", host_slots=slots)
 
     config = load_config(config_path, [*overrides, f"engine={engine}"])
     clock = Clock()
@@ -239,13 +248,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--engines",
         default="inprocess,flower-sim,flower",
-        help="comma-separated: inprocess, flower-sim, flower, flower-warm",
+        help="comma-separated: inprocess, flower-sim, flower, flower-warm, flower-warm-slots",
     )
     parser.add_argument("--rounds", type=int, default=4, help="rounds per run (round 1 and the last are not timed)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 2, help="torch threads, in-process")
     parser.add_argument("--client-cpus", type=float, default=1.0, help="CPUs (and threads) per Flower ClientApp")
+    parser.add_argument(
+        "--host-slots", type=int, help="flower-warm-slots: nodes computing at once (default: cores // client CPUs)"
+    )
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args(argv)
+    slots = args.host_slots or max(1, int((os.cpu_count() or 2) // args.client_cpus))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
@@ -255,12 +268,16 @@ def main(argv: list[str] | None = None) -> int:
 
     print(
         f"# fedlora engines benchmark: rounds={args.rounds}, in-process threads={args.threads}, Flower client "
-        f"CPUs={args.client_cpus}; torch {torch.__version__}, python {platform.python_version()}, "
+        f"CPUs={args.client_cpus}, host slots={slots} (flower-warm-slots); torch {torch.__version__}, "
+        f"python {platform.python_version()}, "
         f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}",
         flush=True,
     )
     results = []
-    header = f"{'model':8} {'engine':11} {'setup s':>8} {'round 1 s':>10} {'round s':>8} {'clients s':>10} {'ratio':>6}"
+    header = (
+        f"{'model':8} {'engine':17} {'setup s':>8} {'round 1 s':>10} {'round s':>8} {'clients s':>10} "
+        f"{'nodes s':>8} {'ratio':>6}"
+    )
     for model in args.models.split(","):
         config_path, extra = MODELS[model]
         overrides = [
@@ -275,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = []
         with tempfile.TemporaryDirectory(prefix="fedlora-bench-engines-") as work:
             for engine in args.engines.split(","):
-                row = {"model": model, **run_engine(engine, config_path, overrides, Path(work) / engine)}
+                row = {"model": model, **run_engine(engine, config_path, overrides, Path(work) / engine, slots)}
                 rows.append(row)
                 print(f"# {model} {engine}: {row['total_s']:.1f} s in all", file=sys.stderr, flush=True)
         base = rows[0]
@@ -288,8 +305,9 @@ def main(argv: list[str] | None = None) -> int:
         for row in rows:
             shown_ratio = f"{row['ratio']:.2f}" if row.get("ratio") is not None else ""
             print(
-                f"{row['model']:8} {row['engine']:11} {row['setup_s']:8.1f} {row['round1_s']:10.2f} "
-                f"{row['round_s'] or float('nan'):8.2f} {row['clients_s'] or float('nan'):10.2f} {shown_ratio:>6}",
+                f"{row['model']:8} {row['engine']:17} {row['setup_s']:8.1f} {row['round1_s']:10.2f} "
+                f"{row['round_s'] or float('nan'):8.2f} {row['clients_s'] or float('nan'):10.2f} "
+                f"{row.get('nodes_s') or float('nan'):8.2f} {shown_ratio:>6}",
                 flush=True,
             )
         results += rows

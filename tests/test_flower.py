@@ -317,6 +317,8 @@ def test_every_method_runs_on_flower_sim_like_in_process(simulated, method):
     records = _records(out)
     assert [r["round"] for r in records] == [1, 2]
     assert all(r["catchup_bytes_down"] == 0 and r["flower_resent"] == 0 for r in records)
+    for r in records:  # each participant's seconds in its node's training handler, by the node's clock
+        assert len(r["node_s"]) == len(r["participants"]) and all(0 < s < r["flower_s"] for s in r["node_s"])
     # FedSA-LoRA's clients keep their B on the nodes: a Flower server holds the shared A only (its adapter/ has
     # B = 0), an in-process one reads the clients' B from the run folder for its shared view; A must agree
     _assert_same_run(out, root / "inprocess" / method, only="lora_A" if method == "fedsa" else "")

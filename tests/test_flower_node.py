@@ -103,6 +103,66 @@ def test_a_node_without_a_valid_partition_id_refuses_the_hello(config_text, node
         handle_hello(_hello(config_text), _context(**node_config))
 
 
+def test_a_node_with_a_bad_host_slots_refuses_the_run_in_one_line(config_text):
+    context = _context(**{"partition-id": 1, "host-slots": "0"})
+    record = handle_hello(_hello(config_text), context).config_records[wire.FEDLORA]
+    assert record["status"] == wire.STATUS_REFUSED and record["reason"] == "node config host-slots='0' must be >= 1"
+    assert wire.FEDLORA not in context.state.config_records
+
+
+def test_a_train_message_waits_for_a_free_host_slot(config_text, cache, tmp_path, monkeypatch):
+    """Node config host-slots=1: while another holder on the machine has the only slot, the node's training does
+    not start; it starts, and trains, once the slot is free."""
+    import threading
+
+    from fedlora.engines.flower import node
+    from fedlora.engines.flower.slots import host_slot
+
+    started = threading.Event()
+    real_train = node._train
+
+    def noting(message, context):
+        started.set()
+        return real_train(message, context)
+
+    monkeypatch.setattr(node, "_train", noting)
+    context = _context(**{"partition-id": 1, "host-slots": 1, "slots-dir": str(tmp_path / "slots")})
+    handle_hello(_hello(config_text, session="slots"), context)
+    replies = []
+    trainer = threading.Thread(target=lambda: replies.append(handle_train(_train(1, "slots"), context)))
+    with host_slot(1, tmp_path / "slots"):
+        trainer.start()
+        assert not started.wait(1.0)  # waiting for the slot
+    assert started.wait(10)
+    trainer.join(300)
+    assert replies and replies[0].config_records[wire.FEDLORA]["status"] == wire.STATUS_OK
+
+
+@pytest.mark.parametrize("keeps", [True, False])
+def test_a_node_whose_process_stays_builds_its_model_and_data_at_hello(config_text, cache, monkeypatch, keeps):
+    """A warm worker (KEEPS_RUNTIME) builds the model and encodes the client's data as the node joins, and its
+    first round uses them (no second build); a process that ends with the message builds nothing at hello."""
+    from fedlora.engines.flower import node
+
+    builds = []
+    real_load = node._Runtime.load_model
+
+    def counting(self):
+        builds.append(self.key)
+        return real_load(self)
+
+    monkeypatch.setattr(node._Runtime, "load_model", counting)
+    monkeypatch.setattr(node, "KEEPS_RUNTIME", keeps)
+    monkeypatch.setattr(node, "_RUNTIME", None)
+    context = _context(**{"partition-id": 1})
+    handle_hello(_hello(config_text, session="preload"), context)
+    assert len(builds) == (1 if keeps else 0)
+    assert (node._RUNTIME is not None and 1 in node._RUNTIME.examples) == keeps
+    reply = handle_train(_train(1, "preload"), context)
+    assert reply.config_records[wire.FEDLORA]["status"] == wire.STATUS_OK
+    assert len(builds) == 1
+
+
 # ------------------------------------------------------------------------------------------------ train
 
 

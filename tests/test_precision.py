@@ -374,3 +374,19 @@ def test_the_plan_records_each_clients_precision_and_rank_from_its_memory(monkey
     assert planned.fleet.max_rank == [8, 8, 6, 2]  # capped by memory, and by the max_rank the config had (client 3)
     assert table["precision"] == planned.fleet.precision and table["max_rank"] == planned.fleet.max_rank
     assert table["footprints_mb"]["nf4"] == {"1": 500.0, "4": 520.0, "8": 540.0}
+
+
+def test_quantizing_a_client_base_prints_nothing_of_bitsandbytes():
+    """bitsandbytes' CPU backend logs at import that an optional kernel package is missing (on CPUs with AVX-512
+    BF16, without ``kernels``): fedlora's own call keeps that from the user's terminal."""
+    import subprocess
+    import sys
+
+    code = (
+        "import torch\n"
+        "from fedlora.models.precision import quantized_linear\n"
+        "quantized_linear(torch.nn.Linear(128, 64), 'nf4')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "bitsandbytes" not in done.stderr.lower() and "kernels" not in done.stderr, done.stderr[-2000:]

@@ -54,8 +54,17 @@ def dtype_precision(dtype: torch.dtype) -> str:
 
 
 def _bnb():
-    import bitsandbytes
+    """bitsandbytes, imported without its CPU backend's import-time notice that an optional kernel package
+    (``kernels``) is missing: it then uses its own CPU kernels, which is what fedlora measured and uses."""
+    import logging
 
+    notice = logging.getLogger("bitsandbytes.backends.cpu.ops")
+    level = notice.level
+    notice.setLevel(logging.ERROR)
+    try:
+        import bitsandbytes
+    finally:
+        notice.setLevel(level)
     return bitsandbytes
 
 

@@ -229,6 +229,7 @@ class FlowerGridEngine(Engine):
         }
         failures: dict[int, str] | None = None if self.fail_fast else {}
         catchup_bytes, resent = 0, 0
+        node_s: dict[int, float] = {}
         started = time.perf_counter()
         pending = list(downloads)
         for attempt in range(2):
@@ -262,6 +263,7 @@ class FlowerGridEngine(Engine):
                     failures[cid] = str(err).removeprefix(f"flower: {self.label(cid)}: ")
                     continue
                 self._holds[cid] = target
+                node_s[cid] = float(meta.get("seconds", 0.0))
             if not again:
                 break
             if attempt == 1:
@@ -276,6 +278,7 @@ class FlowerGridEngine(Engine):
             "catchup_bytes_down": catchup_bytes,
             "flower_resent": resent,
             "flower_s": time.perf_counter() - started,
+            "node_s": [node_s.get(cid) for cid, _ in jobs],
         }
         return [uploads[cid] for cid, _ in jobs]
 

@@ -27,7 +27,9 @@ model and data); the server puts them in place of the config's [fleet] entry for
 
 Optional node config keys: ``device`` (e.g. "cuda:0"; default: the run's model.device), ``threads`` (torch
 threads), ``cache-dir`` (default: fedlora's cache folder, ``$FEDLORA_CACHE``), ``precision`` (the node's base
-precision, "fp32" | "bf16" | "int8" | "nf4": replaces the run's fleet.precision for this client).
+precision, "fp32" | "bf16" | "int8" | "nf4": replaces the run's fleet.precision for this client), ``host-slots``
+(how many of the SuperNodes sharing this machine may train or evaluate at once; ``slots-dir`` the folder of their
+shared locks: ``fedlora.engines.flower.slots``).
 """
 
 from __future__ import annotations
@@ -45,10 +47,15 @@ from flwr.app import ConfigRecord, Context, Message, RecordDict
 
 from fedlora.engines.flower import wire
 from fedlora.engines.flower.limits import blob_over_limit
+from fedlora.engines.flower.slots import host_slot, slot_count, slots_folder
 from fedlora.errors import FedloraError
 
 _RUNTIME: _Runtime | None = None
 """This process's client: model, layers and data shards, reused while the config stays the same."""
+
+KEEPS_RUNTIME = False
+"""Whether this process outlives the message it handles (a node's warm worker sets it): then the hello builds the
+model and encodes the client's data at once, as the node joins, instead of in the first round it is sampled."""
 
 
 # ------------------------------------------------------------------------------------------- building
@@ -475,11 +482,13 @@ def handle_hello(message: Message, context: Context) -> RecordDict:
         precision = node_precision(context, config, cid)
         data = own_data(config, context, cid)
         declared = declared_resources(context)
+        slots = host_slots(context)
         if _flag(context, "probe"):
             _threads(context, int(hello.get("threads", 0)))
-            rt = runtime(config_text, _device(context), str(hello["session"]))
+            rt = runtime(config_text, _device(context), str(hello["session"]), precision)
             rt.own = data
-            declared["tokens_per_s"] = probe_throughput(config, rt, rt.client_examples(cid))
+            with host_slot(slots, slots_folder(context.node_config)):  # timed alone, as it will train
+                declared["tokens_per_s"] = probe_throughput(config, rt, rt.client_examples(cid))
             rt.examples.clear()
     except Refusal as err:
         _say(f"client {cid}: refused the run: {err}")
@@ -495,6 +504,8 @@ def handle_hello(message: Message, context: Context) -> RecordDict:
             "precision": precision or "",
         }
     )
+    if KEEPS_RUNTIME:
+        _preload(context, config_text, str(hello["session"]), cid, precision, data, int(hello.get("threads", 0)))
     reply = ConfigRecord(
         {
             "status": wire.STATUS_OK,
@@ -511,8 +522,34 @@ def handle_hello(message: Message, context: Context) -> RecordDict:
     return RecordDict({wire.FEDLORA: reply})
 
 
+def _preload(context: Context, config_text: str, session: str, cid: int, precision, data, threads: int) -> None:
+    """Build this process's runtime (the base model at the node's precision) and encode the client's training
+    data now (a warm worker keeps both), in a host slot when the node config sets them."""
+    _threads(context, threads)
+    with host_slot(host_slots(context), slots_folder(context.node_config)):
+        rt = runtime(config_text, _device(context), session, precision)
+        if data is not None:
+            rt.own = data
+        rt.client_examples(cid, store_for(context, session, cid).folder)
+
+
+def host_slots(context: Context) -> int | None:
+    """The node config's ``host-slots`` (how many of this machine's nodes may compute at once; None: no limit),
+    refused in one line when it is not a positive integer."""
+    try:
+        return slot_count(context.node_config)
+    except ValueError as err:
+        raise Refusal(str(err)) from None
+
+
 def handle_train(message: Message, context: Context) -> RecordDict:
-    """One client round: fold in the base updates, train, reply with the upload blob."""
+    """One client round: fold in the base updates, train, reply with the upload blob; with node config
+    ``host-slots``, while holding one of the machine's slots (``fedlora.engines.flower.slots``)."""
+    with host_slot(host_slots(context), slots_folder(context.node_config)):
+        return _train(message, context)
+
+
+def _train(message: Message, context: Context) -> RecordDict:
     from fedlora import payload
     from fedlora.client.app import run_client
     from fedlora.lora.layer import merge_update
@@ -621,7 +658,12 @@ def _run_state(message: Message, context: Context) -> tuple[ConfigRecord, int, d
 
 def handle_evaluate(message: Message, context: Context) -> RecordDict:
     """Federated evaluation: fold in the base updates the node lacks, install the global adapter, evaluate it on
-    the node's own held-out split; reply with {n, eval_loss[, eval_accuracy]}."""
+    the node's own held-out split; reply with {n, eval_loss[, eval_accuracy]} (holding a host slot, as training)."""
+    with host_slot(host_slots(context), slots_folder(context.node_config)):
+        return _evaluate(message, context)
+
+
+def _evaluate(message: Message, context: Context) -> RecordDict:
     from fedlora import payload
     from fedlora.client.app import evaluate_download
     from fedlora.lora.layer import merge_update

@@ -227,7 +227,9 @@ def serve(folder: Path, sock: Path, owner: int, idle_s: float) -> None:
     listener = Listener(str(sock), family="AF_UNIX", authkey=(folder / "key").read_bytes())  # first: callers wait
     (folder / "worker.pid").write_text(f"{os.getpid()}\n")  # who to stop by pid (it also stops by itself)
     import fedlora.engines.flower  # noqa: F401 - no telemetry
-    from fedlora.engines.flower import node  # noqa: F401 - the imports a message needs, done once
+    from fedlora.engines.flower import node  # the imports a message needs, done once
+
+    node.KEEPS_RUNTIME = True  # the hello builds the model and encodes the data as the node joins
 
     state = {"last": time.monotonic(), "busy": False}
 
