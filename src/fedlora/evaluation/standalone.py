@@ -10,7 +10,6 @@ held-out split (or on other data, through ``key=value`` overrides of the run's c
 
 from __future__ import annotations
 
-import logging
 import warnings
 from pathlib import Path
 
@@ -45,16 +44,11 @@ GRADIENT_CHECKPOINTING_DEPRECATION = r"`is_gradient_checkpointing` is deprecated
 
 
 def _import_peft_model():
-    """``peft.PeftModel``. Importing PEFT imports bitsandbytes, which on a CPU with AVX512-BF16 logs a warning that
-    the optional ``kernels`` package is missing (bitsandbytes/backends/cpu/ops.py): it concerns 4-bit training, not
-    loading an adapter, so that one logger is quiet while PEFT is imported here."""
-    bnb_cpu = logging.getLogger("bitsandbytes.backends.cpu.ops")
-    level = bnb_cpu.level
-    bnb_cpu.setLevel(logging.ERROR)
-    try:
+    """``peft.PeftModel``, imported without bitsandbytes' import-time notice (PEFT imports bitsandbytes)."""
+    from fedlora.models.precision import quiet_bitsandbytes_import
+
+    with quiet_bitsandbytes_import():
         from peft import PeftModel
-    finally:
-        bnb_cpu.setLevel(level)
     return PeftModel
 
 

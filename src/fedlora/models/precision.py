@@ -17,9 +17,12 @@ shares its buffers (and, for fp32, its weights) with.
 
 from __future__ import annotations
 
+import contextlib
 import copy as _copy
 import functools
+import logging
 import warnings
+from collections.abc import Iterator
 from typing import Literal
 
 import torch
@@ -43,6 +46,7 @@ __all__ = [
     "check_runnable",
     "convert_base",
     "dtype_precision",
+    "quiet_bitsandbytes_import",
     "runnable",
 ]
 
@@ -53,18 +57,23 @@ def dtype_precision(dtype: torch.dtype) -> str:
     return names[dtype]
 
 
-def _bnb():
-    """bitsandbytes, imported without its CPU backend's import-time notice that an optional kernel package
-    (``kernels``) is missing: it then uses its own CPU kernels, which is what fedlora measured and uses."""
-    import logging
-
+@contextlib.contextmanager
+def quiet_bitsandbytes_import() -> Iterator[None]:
+    """Imports inside keep bitsandbytes' import-time notice from the user's terminal: on a CPU with AVX512-BF16 its
+    CPU backend logs that the optional ``kernels`` package is missing (bitsandbytes/backends/cpu/ops.py) and then
+    uses its own CPU kernels, which is what fedlora measured and uses. PEFT imports bitsandbytes too."""
     notice = logging.getLogger("bitsandbytes.backends.cpu.ops")
     level = notice.level
     notice.setLevel(logging.ERROR)
     try:
-        import bitsandbytes
+        yield
     finally:
         notice.setLevel(level)
+
+
+def _bnb():
+    with quiet_bitsandbytes_import():
+        import bitsandbytes
     return bitsandbytes
 
 
