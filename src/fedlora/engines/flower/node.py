@@ -482,12 +482,12 @@ def handle_hello(message: Message, context: Context) -> RecordDict:
         precision = node_precision(context, config, cid)
         data = own_data(config, context, cid)
         declared = declared_resources(context)
-        slots = host_slots(context)
+        host_slots(context)  # a bad value refuses the run here, in one line
         if _flag(context, "probe"):
             _threads(context, int(hello.get("threads", 0)))
             rt = runtime(config_text, _device(context), str(hello["session"]), precision)
             rt.own = data
-            with host_slot(slots, slots_folder(context.node_config)):  # timed alone, as it will train
+            with _computing(context):  # timed alone, as it will train
                 declared["tokens_per_s"] = probe_throughput(config, rt, rt.client_examples(cid))
             rt.examples.clear()
     except Refusal as err:
@@ -526,7 +526,7 @@ def _preload(context: Context, config_text: str, session: str, cid: int, precisi
     """Build this process's runtime (the base model at the node's precision) and encode the client's training
     data now (a warm worker keeps both), in a host slot when the node config sets them."""
     _threads(context, threads)
-    with host_slot(host_slots(context), slots_folder(context.node_config)):
+    with _computing(context):
         rt = runtime(config_text, _device(context), session, precision)
         if data is not None:
             rt.own = data
@@ -542,10 +542,16 @@ def host_slots(context: Context) -> int | None:
         raise Refusal(str(err)) from None
 
 
+def _computing(context: Context):
+    """The ``with`` block of this node's computation: one of the machine's host slots when the node config sets
+    ``host-slots``, else nothing to wait for."""
+    return host_slot(host_slots(context), slots_folder(context.node_config))
+
+
 def handle_train(message: Message, context: Context) -> RecordDict:
     """One client round: fold in the base updates, train, reply with the upload blob; with node config
     ``host-slots``, while holding one of the machine's slots (``fedlora.engines.flower.slots``)."""
-    with host_slot(host_slots(context), slots_folder(context.node_config)):
+    with _computing(context):
         return _train(message, context)
 
 
@@ -659,7 +665,7 @@ def _run_state(message: Message, context: Context) -> tuple[ConfigRecord, int, d
 def handle_evaluate(message: Message, context: Context) -> RecordDict:
     """Federated evaluation: fold in the base updates the node lacks, install the global adapter, evaluate it on
     the node's own held-out split; reply with {n, eval_loss[, eval_accuracy]} (holding a host slot, as training)."""
-    with host_slot(host_slots(context), slots_folder(context.node_config)):
+    with _computing(context):
         return _evaluate(message, context)
 
 

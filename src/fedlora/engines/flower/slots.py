@@ -2,12 +2,12 @@
 
 A federation's nodes normally each have a machine of their own. When several SuperNodes run on one machine (a lab
 box standing in for a fleet, a loopback test, a benchmark), the clients a round samples all train at once and
-oversubscribe its cores: four SmolLM2 clients with 2 torch threads each on 2 cores ran 1.5× slower per round than
-the same clients one after another (docs/benchmarks.md). Node config ``host-slots=N`` caps how many of the
-machine's nodes train or evaluate at the same time, as Ray's CPU resources do in a simulation: a handler takes one
-of ``N`` slots (an exclusive ``flock`` on one of ``N`` lock files in a folder every node of the machine shares) and
-waits while all are taken. The lock belongs to the process that runs the handler, so a node that dies frees its
-slot. Without ``host-slots`` nothing is shared or waited for.
+oversubscribe its cores: four SmolLM2 clients with 2 torch threads each on 2 cores took 261–267 s per round, one
+after another (one slot) 80–92 s (docs/benchmarks.md, "Deployed SmolLM2 rounds"). Node config ``host-slots=N``
+caps how many of the machine's nodes train or evaluate at the same time, as Ray's CPU resources do in a
+simulation: a handler takes one of ``N`` slots (an exclusive ``flock`` on one of ``N`` lock files in a folder
+every node of the machine shares) and waits while all are taken. The lock belongs to the process that runs the
+handler, so a node that dies frees its slot. Without ``host-slots`` nothing is shared or waited for.
 
 Slot folder: node config ``slots-dir``, else ``$TMPDIR/fedlora-slots-<uid>/`` (one per machine and user).
 """
