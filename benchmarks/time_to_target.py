@@ -95,6 +95,42 @@ def fit_rounds_model(
     return r0, slope / r0
 
 
+def fit_from_sampling_pair(
+    variances: tuple[float, float], rounds: tuple[float, float], variance_full: float, rounds_full_k: float
+) -> tuple[float, float]:
+    """(R0, θ) from two uniform runs at the same k that differ only in how many clients a round samples, and the
+    run at k = r.
+
+    At one k, R_j = (R0 / s(k))·(1 + θ·V_j): s(k) and β cancel in the ratio R_a / R_b, so
+    θ = (R_a − R_b) / (R_b·V_a − R_a·V_b), unclipped (a negative θ is a measurement: more variance, fewer
+    rounds). R0 then comes from the run at k = r, where s = 1 for every β: R0 = R_r / (1 + θ·V_r)."""
+    (va, vb), (ra, rb) = variances, rounds
+    denominator = rb * va - ra * vb
+    if abs(va - vb) <= 1e-12 * max(1.0, abs(va)) or denominator == 0:
+        raise ValueError("the two runs must differ in their variance terms V")
+    theta = (ra - rb) / denominator
+    factor = 1 + theta * variance_full
+    if factor <= 0:
+        raise ValueError(f"θ = {theta:.4g} makes the k = r run's variance factor non-positive ({factor:.4g})")
+    return rounds_full_k / factor, theta
+
+
+def fit_rank_exponent(
+    r0: float, theta: float, ratios: Sequence[float], variances: Sequence[float], rounds: Sequence[float]
+) -> float:
+    """β from uniform runs at k_j = ratios_j·r (0 < ratio < 1) with measured rounds R_j, given R0 and θ.
+
+    With every client at the same k, s(k) = (k / r)^β, so each run asks s_j = R0·(1 + θ·V_j) / R_j and
+    ln s_j = β·ln x_j: least squares through the origin, β = Σ ln s_j ln x_j / Σ (ln x_j)²."""
+    if not len(ratios) == len(variances) == len(rounds) or not ratios:
+        raise ValueError("ratios, variances and rounds must be non-empty and of the same length")
+    if any(not 0 < x < 1 for x in ratios):
+        raise ValueError(f"every k / r must lie in (0, 1), got {list(ratios)!r}")
+    logs_x = [math.log(x) for x in ratios]
+    logs_s = [math.log(r0 * (1 + theta * v) / rj) for v, rj in zip(variances, rounds, strict=True)]
+    return sum(a * b for a, b in zip(logs_s, logs_x, strict=True)) / sum(a * a for a in logs_x)
+
+
 def log_ratio_interval(ratios: Sequence[float]) -> tuple[float, float, float]:
     """(geometric mean, low, high): the 95 % Student-t interval of the mean log ratio over paired seeds,
     exponentiated. With one ratio the interval is (nan, nan)."""

@@ -32,6 +32,10 @@ Runs, per seed s ∈ {0, 1, 2} (each a ``fedlora run`` / ``fedlora plan`` subpro
     (e) q-only:     the best grid k for all, the plan's q_i (independent sampling), equal shares;
     (f) bw-only:    the best grid k, uniform 4 per round, the plan's bandwidth policy (when the plan chose equal
                     shares, (f) is (b) and is not run again).
+  last     the sampling pair (seed 0, added after the comparison runs; it moves no target and no plan): (b) again
+           with 8 clients per round. (b) and it differ only in q, so their rounds to target identify θ without
+           s(k) or β; with R0 from the grid's k = r run and β from its k < r runs, every constant of the rounds model
+           is then fitted from runs (``refit``), and every FSLoRA run's rounds are predicted with them.
 
 Curve, target and speed-up (rules fixed before any comparison was seen):
 - Curve: held-out accuracy (``--metric``, default; or loss) at each evaluation (the initial one at time 0
@@ -64,6 +68,7 @@ folder to redo it. Prints the speed-up.
     python benchmarks/wallclock.py --out /work/runs/wireless             # the study, 2 jobs
     python benchmarks/wallclock.py --out /tmp/wc-quick --quick           # tiny random model: the pipeline only
     python benchmarks/wallclock.py --out /work/runs/wireless --no-run    # analyse what has finished
+    python benchmarks/wallclock.py --out /work/runs/wireless --rerun plan-seed0   # reproducibility of one run
 """
 
 from __future__ import annotations
@@ -92,6 +97,10 @@ PER_ROUND = 4
 SEEDS = (0, 1, 2)
 SMOOTH_WINDOW = 3
 TARGET_FRACTION = 0.9
+PAIR_PER_ROUND = 8
+"""Clients per round of the sampling-pair run: uniform FSLoRA at the best grid k on seed 0, like (b) but with twice
+(b)'s PER_ROUND, so that the pair differs only in q (θ is identified without s(k) or β)."""
+PAIR_RUN = f"pair-m{PAIR_PER_ROUND}-seed0"
 COMPARED = ("plan", "uniform", "fedit", "k-only", "q-only", "bw-only")
 LABELS = {
     "plan": "(a) plan",
@@ -262,6 +271,14 @@ def tasks(study: Study) -> list[Task]:
             return None if policy == "equal" else [*uniform(s, best_k()), f'network.allocation="{policy}"']
 
         out.append(Task(f"bw-only-seed{seed}", "run", (pname, *grid_names), bw_only))
+    out.append(  # last: added after the comparison runs, it changes no target and no plan
+        Task(
+            PAIR_RUN,
+            "run",
+            grid_names,
+            lambda: [*uniform(0, best_k()), f"sampling.clients_per_round={PAIR_PER_ROUND}"],
+        )
+    )
     return out
 
 
@@ -545,6 +562,9 @@ def analyse(study: Study) -> dict:
             attribution[kind] = {"per_seed": ratios, "geometric_mean": mean, "ci95": [low, high]}
 
     predictions = predict(study, target, table, grid_table)
+    pair_dir = study.run_dir(PAIR_RUN)
+    pair = reach(read_curve(pair_dir, study.metric)) if (pair_dir / "summary.json").is_file() else None
+    refitted = refit(study, table, grid_table, pair)
     return {
         "metric": study.metric,
         "rule": {
@@ -571,6 +591,7 @@ def analyse(study: Study) -> dict:
             k: {**v, "per_seed": {str(s): x for s, x in v["per_seed"].items()}} for k, v in attribution.items()
         },
         "predictions": predictions,
+        "refit": refitted,
         "curves": {
             kind: {
                 str(s): {
@@ -599,19 +620,7 @@ def predict(study: Study, target: float, table: dict, grid_table: dict) -> dict:
         fit_note = "refitted at the final target"
         r0, theta = fit_at(study, load_plan(study, "planner0-seed0")["pilot"], fit_rounds)
     rows = []
-    entries = [(f"grid-k{k}", 0, grid_table.get(f"grid-k{k}")) for k in study.grid]
-    entries += [(kind, s, v) for kind in COMPARED if kind != "fedit" for s, v in table.get(kind, {}).items()]
-    for kind, seed, measured in entries:
-        if measured is None or measured["rounds_to_target"] is None:
-            continue
-        settings = run_settings(study, kind, seed)
-        plan = study.plan_file(f"planner-seed{seed}")
-        if not plan.is_file() and seed == 0:
-            plan = study.plan_file("planner0-seed0")  # the same seed's pilot
-        if settings is None or not plan.is_file():
-            continue
-        pilot = tomllib.loads(plan.read_text())["pilot"]
-        k, q, policy = settings
+    for kind, seed, measured, pilot, (k, q, policy) in fslora_runs(study, table, grid_table):
         v, s = model_terms(pilot, k, q if q is not None else uniform_q(study.n_clients), study.rank)
         rounds = ttt.predicted_rounds(r0, theta, v, s)
         round_s = predicted_round_s(study, seed, pilot, k, q, policy)
@@ -637,6 +646,89 @@ def predict(study: Study, target: float, table: dict, grid_table: dict) -> dict:
         "fit": fit_note,
         "rows": rows,
         "diagnosis": diagnosis(rows),
+    }
+
+
+def fslora_runs(study: Study, table: dict, grid_table: dict):
+    """(kind, seed, measured, its seed's pilot, (k, q, policy)) of every FSLoRA run that reached the target."""
+    entries = [(f"grid-k{k}", 0, grid_table.get(f"grid-k{k}")) for k in study.grid]
+    entries += [(kind, s, v) for kind in COMPARED if kind != "fedit" for s, v in table.get(kind, {}).items()]
+    for kind, seed, measured in entries:
+        if measured is None or measured["rounds_to_target"] is None:
+            continue
+        settings = run_settings(study, kind, seed)
+        plan = study.plan_file(f"planner-seed{seed}")
+        if not plan.is_file() and seed == 0:
+            plan = study.plan_file("planner0-seed0")  # the same seed's pilot
+        if settings is None or not plan.is_file():
+            continue
+        yield kind, seed, measured, tomllib.loads(plan.read_text())["pilot"], settings
+
+
+def refit(study: Study, table: dict, grid_table: dict, pair: dict | None) -> dict:
+    """Every constant of the rounds model fitted from runs at the final target, with plan0's a_i and ρ_i: θ from the
+    sampling pair ((b) at PER_ROUND and PAIR_RUN at PAIR_PER_ROUND clients per round, the same k: s(k) cancels),
+    R0 from the grid run at k = r (s = 1 for every β), β from the grid runs at k < r that reached the target; then
+    every FSLoRA run's rounds predicted with those constants (β replacing each seed's pilot β)."""
+    st = study.decided.get("stage1")
+    if st is None or pair is None:
+        return {}
+    best, n, rank = st["best_k"], study.n_clients, study.rank
+    base, full = grid_table.get(f"grid-k{best}"), grid_table.get(f"grid-k{rank}")
+    runs = {f"grid-k{best}-seed0": base, PAIR_RUN: pair, f"grid-k{rank}-seed0": full}
+    missing = [name for name, m in runs.items() if m is None or m["rounds_to_target"] is None]
+    if missing:
+        return {"note": f"not fitted: {', '.join(missing)} did not reach the target"}
+    pilot = load_plan(study, "planner0-seed0")["pilot"]
+
+    def v(k: int, per_round: int) -> float:
+        return ttt.variance_term(pilot["weights"], pilot["spread"], [k] * n, [per_round / n] * n, rank)
+
+    variances = (v(best, PER_ROUND), v(best, PAIR_PER_ROUND))
+    r0, theta = ttt.fit_from_sampling_pair(
+        variances, (base["rounds_to_target"], pair["rounds_to_target"]), v(rank, PER_ROUND), full["rounds_to_target"]
+    )
+    lower = [k for k in study.grid if k < rank and (grid_table.get(f"grid-k{k}") or {}).get("rounds_to_target")]
+    beta = (
+        ttt.fit_rank_exponent(
+            r0,
+            theta,
+            [k / rank for k in lower],
+            [v(k, PER_ROUND) for k in lower],
+            [grid_table[f"grid-k{k}"]["rounds_to_target"] for k in lower],
+        )
+        if lower
+        else None
+    )
+    rows = []
+    for kind, seed, measured, run_pilot, (k, q, _policy) in fslora_runs(study, table, grid_table):
+        fitted = run_pilot if beta is None else {**run_pilot, "rank_exponent": beta}
+        var, s = model_terms(fitted, k, q if q is not None else uniform_q(n), rank)
+        factor = 1 + theta * var
+        rows.append(
+            {
+                "run": kind,
+                "seed": seed,
+                "variance_factor": factor,
+                "step_fraction": s,
+                "predicted_rounds": ttt.predicted_rounds(r0, theta, var, s) if factor > 0 else None,
+                "measured_rounds": measured["rounds_to_target"],
+            }
+        )
+    return {
+        "rounds_full": r0,
+        "variance_weight": theta,
+        "rank_exponent": beta,
+        "pilot_rank_exponent": float(pilot.get("rank_exponent", 0.0)),
+        "beta_from": [f"grid-k{k}-seed0" for k in lower],
+        "pair": {
+            "per_round": [PER_ROUND, PAIR_PER_ROUND],
+            "k": best,
+            "variances": list(variances),
+            "rounds": [base["rounds_to_target"], pair["rounds_to_target"]],
+            "time_to_target_s": [base["time_to_target_s"], pair["time_to_target_s"]],
+        },
+        "rows": rows,
     }
 
 
@@ -673,6 +765,59 @@ def diagnosis(rows: list[dict]) -> list[dict]:
             m = math.exp(sum(map(math.log, meas)) / len(meas))
             out.append({"check": label, "seeds": len(pred), "predicted_gain": p, "measured_gain": m, "ratio": m / p})
     return out
+
+
+# ------------------------------------------------------------------------------------------------ rerun check
+
+TIMING_KEYS = frozenset({"wall_s"})
+"""Record fields measured by the host's clock: the only ones a rerun may change."""
+
+
+def run_differences(first: Path, second: Path) -> list[str]:
+    """What differs between two run folders: every round's record (``metrics.jsonl``) except TIMING_KEYS, and the
+    final adapter's files byte for byte. Empty when the second run reproduces the first."""
+
+    def records(run: Path) -> list[dict]:
+        lines = (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+        return [{k: v for k, v in json.loads(line).items() if k not in TIMING_KEYS} for line in lines if line]
+
+    out = []
+    a, b = records(first), records(second)
+    if len(a) != len(b):
+        out.append(f"metrics.jsonl: {len(a)} records vs {len(b)}")
+    for ra, rb in zip(a, b, strict=False):
+        for key in sorted(set(ra) | set(rb)):
+            if ra.get(key) != rb.get(key):
+                out.append(f"round {ra.get('round')}: {key} {ra.get(key)!r} vs {rb.get(key)!r}")
+    files = sorted({p.name for run in (first, second) for p in (run / "adapter").glob("*")})
+    for name in files:
+        fa, fb = first / "adapter" / name, second / "adapter" / name
+        if not (fa.is_file() and fb.is_file() and fa.read_bytes() == fb.read_bytes()):
+            out.append(f"adapter/{name} differs")
+    return out
+
+
+def rerun(study: Study, name: str) -> list[str]:
+    """Run task NAME again from scratch (a fresh process, the same overrides, into ``rerun/NAME``) and compare it
+    with the study's run; returns the differences."""
+    task = next((t for t in tasks(study) if t.name == name and t.kind == "run"), None)
+    if task is None:
+        raise SystemExit(f"--rerun: no run called {name!r} in this study")
+    original = study.run_dir(name)
+    if not (original / "summary.json").is_file():
+        raise SystemExit(f"--rerun: {original} has not finished")
+    stage1(study)
+    overrides = task.overrides()
+    copy = replace(study, out=study.out / "rerun")
+    if copy.run_dir(name).exists():
+        shutil.rmtree(copy.run_dir(name))
+    seconds, rc = run_task(copy, Task(name, "run", (), lambda: overrides), overrides)
+    if rc != 0:
+        raise SystemExit(f"--rerun: the rerun of {name} failed (exit {rc}); see {copy.out / 'logs'}")
+    diffs = run_differences(original, copy.run_dir(name))
+    verdict = "reproduced exactly" if not diffs else f"{len(diffs)} difference(s): " + "; ".join(diffs[:5])
+    print(f"rerun of {name} ({seconds / 60:.1f} min, {copy.run_dir(name)}): {verdict}", flush=True)
+    return diffs
 
 
 # ------------------------------------------------------------------------------------------------ report
@@ -775,6 +920,32 @@ def markdown(result: dict) -> str:
                 f"{row['step_fraction']:.3f} | {row['predicted_rounds']:.1f} | {row['measured_rounds']:.1f} | "
                 f"{_f(ratio, '.2f')} | {row['predicted_round_s']:.2f} | {_f(row['measured_round_s'], '.2f')} |"
             )
+    ref = result.get("refit") or {}
+    if ref.get("note"):
+        lines += ["", f"### Every constant fitted from runs: {ref['note']}"]
+    elif ref.get("rows"):
+        pair = ref["pair"]
+        beta = "—" if ref["rank_exponent"] is None else f"{ref['rank_exponent']:.3f}"
+        lines += [
+            "",
+            "### Every constant fitted from runs (θ from a pair that differs only in clients per round)",
+            "",
+            f"Uniform FSLoRA at k = {pair['k']} on seed 0 with {pair['per_round'][0]} and {pair['per_round'][1]} "
+            f"clients per round: {_f(pair['rounds'][0])} and {_f(pair['rounds'][1])} rounds to target "
+            f"(V = {pair['variances'][0]:.3g} and {pair['variances'][1]:.3g}), so **θ = {ref['variance_weight']:.4g}**"
+            f"; R0 = {ref['rounds_full']:.2f} from the k = r run; **β = {beta}** from "
+            f"{', '.join(ref['beta_from']) or 'no run'} (the pilots' β: {ref['pilot_rank_exponent']:.3f} on seed 0).",
+            "",
+            "| run | seed | 1 + θV | s(k) | rounds predicted | measured | measured / predicted |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for row in ref["rows"]:
+            p = row["predicted_rounds"]
+            ratio = row["measured_rounds"] / p if p else None
+            lines.append(
+                f"| {LABELS.get(row['run'], row['run'])} | {row['seed']} | {row['variance_factor']:.3f} | "
+                f"{row['step_fraction']:.3f} | {_f(p)} | {row['measured_rounds']:.1f} | {_f(ratio, '.2f')} |"
+            )
     if pred.get("diagnosis"):
         lines += [
             "",
@@ -825,6 +996,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny random model, few rounds: the pipeline only")
     parser.add_argument("--no-run", action="store_true", help="only analyse the runs that have finished")
     parser.add_argument(
+        "--rerun",
+        metavar="NAME",
+        help="rerun one finished run from scratch into OUT/rerun/NAME and compare its records and adapter",
+    )
+    parser.add_argument(
         "--metric",
         choices=sorted(METRICS),
         default="accuracy",
@@ -852,6 +1028,8 @@ def main() -> None:
     grid, fit_ks = (rank // 8, rank // 2, rank), (rank, rank // 8)
     study = Study(args.out.resolve(), common, rank, grid, fit_ks, args.jobs, n_clients, seeds, args.metric)
     study.out.mkdir(parents=True, exist_ok=True)
+    if args.rerun:
+        sys.exit(1 if rerun(study, args.rerun) else 0)
     (study.out / "command.txt").write_text(" ".join([sys.executable, *sys.argv]) + "\n")
 
     started = time.perf_counter()

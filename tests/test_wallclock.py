@@ -144,6 +144,35 @@ def test_fit_clips_a_negative_variance_weight():
         ttt.fit_rounds_model([1.0, 1.0], [1.0, 1.0], [3.0, 4.0])
 
 
+def test_every_constant_is_recovered_from_a_sampling_pair_and_the_k_grid():
+    # the planner's own model (an independent implementation) makes the "measured" rounds of the study's runs:
+    # (b) at k = 32 with 4 and with 8 clients per round, k = 64 and k = 8 with 4; the fit must return its constants
+    rng = np.random.default_rng(4)
+    n, rank = 24, 64
+    model = _fleet(rng, n, rank, r0=9.5, theta=0.021, beta=0.63)
+
+    def rounds(k, per_round):
+        return predicted_rounds(model, [k] * n, [per_round / n] * n)
+
+    def v(k, per_round):
+        return ttt.variance_term(model.weights, model.spread, [k] * n, [per_round / n] * n, rank)
+
+    r0, theta = ttt.fit_from_sampling_pair(
+        (v(32, 4), v(32, 8)), (rounds(32, 4), rounds(32, 8)), v(64, 4), rounds(64, 4)
+    )
+    assert theta == pytest.approx(0.021, rel=1e-9)
+    assert r0 == pytest.approx(9.5, rel=1e-9)
+    beta = ttt.fit_rank_exponent(r0, theta, [8 / 64, 32 / 64], [v(8, 4), v(32, 4)], [rounds(8, 4), rounds(32, 4)])
+    assert beta == pytest.approx(0.63, rel=1e-9)
+    # more clients per round, fewer rounds: θ > 0; the reverse is kept as measured (negative), not clipped
+    _, negative = ttt.fit_from_sampling_pair((3.0, 1.0), (10.0, 12.0), 0.5, 8.0)
+    assert negative < 0
+    with pytest.raises(ValueError, match="differ"):
+        ttt.fit_from_sampling_pair((2.0, 2.0), (10.0, 12.0), 0.5, 8.0)
+    with pytest.raises(ValueError, match="non-positive"):
+        ttt.fit_from_sampling_pair((3.0, 1.0), (10.0, 12.0), 20.0, 8.0)
+
+
 def test_log_ratio_interval_by_hand():
     ratios = [1.5, 2.0, 3.0]
     logs = [math.log(r) for r in ratios]
@@ -185,3 +214,25 @@ def test_schedule_orders_by_dependency_and_blocks_after_a_failure(tmp_path, monk
     assert sorted(failed) == ["bad", "raises"]
     assert study.decided["skipped"] == {"skip"}
     assert study.decided["blocked"] == {"after-bad", "after-raises"}
+
+
+def test_run_differences_ignore_the_host_clock_and_nothing_else(tmp_path):
+    import json
+
+    def make(name: str, records: list[dict], adapter: bytes) -> Path:
+        run = tmp_path / name
+        (run / "adapter").mkdir(parents=True)
+        (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        (run / "adapter" / "adapter_model.safetensors").write_bytes(adapter)
+        return run
+
+    records = [{"round": 1, "eval_accuracy": 0.5, "sim_time_s": 12.0, "wall_s": 3.0}, {"round": 2, "wall_s": 6.0}]
+    first = make("a", records, b"weights")
+    slower = make("b", [{**r, "wall_s": r["wall_s"] * 2} for r in records], b"weights")
+    assert wallclock.run_differences(first, slower) == []
+    changed = make("c", [{**records[0], "eval_accuracy": 0.501}, records[1]], b"weights")
+    assert wallclock.run_differences(first, changed) == ["round 1: eval_accuracy 0.5 vs 0.501"]
+    other_adapter = make("d", records, b"weightz")
+    assert wallclock.run_differences(first, other_adapter) == ["adapter/adapter_model.safetensors differs"]
+    shorter = make("e", records[:1], b"weights")
+    assert wallclock.run_differences(first, shorter) == ["metrics.jsonl: 2 records vs 1"]
