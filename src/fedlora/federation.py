@@ -129,9 +129,10 @@ def download_blob(plan: ClientPlan, round_idx: int, train_seed: int) -> bytes:
             "scale": plan.scale,
             "train_A": plan.train_A,
             "train_B": plan.train_B,
-            "framed": plan.frame is not None,
             "seed": train_seed,
-            **({"keep_B": True} if plan.keep_B else {}),  # absent otherwise: other methods' bytes unchanged
+            # absent otherwise: the other methods' downloads keep their bytes
+            **({"keep_B": True} if plan.keep_B else {}),
+            **({"framed": True} if plan.frame is not None else {}),
         },
     )
 
