@@ -60,6 +60,7 @@ class Clock:
         self.first_round: float | None = None
         self.round_start: dict[int, float] = {}
         self.last_upload: dict[int, float] = {}
+        self.client_s: dict[int, dict[int, float]] = {}  # round -> client -> seconds since the previous upload
 
     def log(self, line: str) -> None:
         pass
@@ -73,7 +74,10 @@ class Clock:
             self.first_round = now - self.t0
 
     def client_done(self, round_idx, client_id, rank, train_loss) -> None:
-        self.last_upload[round_idx] = time.perf_counter()
+        now = time.perf_counter()
+        previous = self.last_upload.get(round_idx, self.round_start[round_idx])
+        self.client_s.setdefault(round_idx, {})[client_id] = now - previous  # in-process clients train in turn
+        self.last_upload[round_idx] = now
 
     def round_done(self, record) -> None: ...
 
@@ -202,10 +206,31 @@ def run_deployed(config_path: Path, overrides: list[str], out: Path, warm: bool,
         "round_s": statistics.median(r["wall_s"] for r in later) if later else None,
         "clients_s": statistics.median(r["flower_s"] for r in later) if later else None,
         "nodes_s": statistics.median(sum(s for s in r["node_s"] if s) for r in later) if later else None,
+        "per_client_s": {
+            str(r["round"]): {str(c): s for c, s in zip(r["participants"], r["node_s"], strict=False) if s}
+            for r in later
+        },
         "rounds_measured": len(later),
         "bytes_up": summary["totals"]["bytes_up"],
         "bytes_down": summary["totals"]["bytes_down"],
     }
+
+
+def per_client_line(reference: dict, other: dict, engine: str) -> str:
+    """The same clients in the same rounds (the seed fixes who is sampled): the other engine's seconds per client
+    (a deployed node's training handler by its own clock) over the in-process client's, median and range."""
+    ratios = [
+        seconds / reference[r][c]
+        for r, clients in other.items()
+        for c, seconds in clients.items()
+        if reference.get(r, {}).get(c)
+    ]
+    if not ratios:
+        return f"# {engine}: no client was timed in both engines"
+    return (
+        f"# {engine}: per client, its seconds / the in-process client's (same round and client): median "
+        f"{statistics.median(ratios):.2f}, range {min(ratios):.2f}–{max(ratios):.2f} over {len(ratios)} clients"
+    )
 
 
 def run_engine(engine: str, config_path: Path, overrides: list[str], out: Path, host_slots: int = 1) -> dict:
@@ -236,6 +261,7 @@ def run_engine(engine: str, config_path: Path, overrides: list[str], out: Path, 
         "round1_s": records[0]["wall_s"],
         "round_s": statistics.median(r["wall_s"] for r in later) if later else None,
         "clients_s": statistics.median(clients) if clients else None,
+        "per_client_s": {str(r["round"]): {str(c): s for c, s in clock.client_s[r["round"]].items()} for r in later},
         "rounds_measured": len(later),
         "bytes_up": summary["totals"]["bytes_up"],
         "bytes_down": summary["totals"]["bytes_down"],
@@ -310,6 +336,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"{row.get('nodes_s') or float('nan'):8.2f} {shown_ratio:>6}",
                 flush=True,
             )
+        for row in rows[1:]:
+            if row.get("per_client_s") and base.get("per_client_s"):
+                print(per_client_line(base["per_client_s"], row["per_client_s"], row["engine"]), flush=True)
         results += rows
     print(f"# load average at the end {os.getloadavg()[0]:.2f}; ratio = Flower round s / in-process round s")
     if args.json:
