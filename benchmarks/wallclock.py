@@ -436,9 +436,9 @@ def stage1(study: Study) -> dict:
     return result
 
 
-def uniform_q(n: int) -> list[float]:
-    """Uniform sampling of PER_ROUND of n clients, as the rounds model sees it (q_i = m / n)."""
-    return [PER_ROUND / n] * n
+def uniform_q(n: int, per_round: int = PER_ROUND) -> list[float]:
+    """Uniform sampling of per_round of n clients, as the rounds model sees it (q_i = m / n)."""
+    return [per_round / n] * n
 
 
 def model_terms(pilot: dict, k: list[int], q: list[float], rank: int) -> tuple[float, float]:
@@ -685,7 +685,7 @@ def refit(study: Study, table: dict, grid_table: dict, pair: dict | None) -> dic
     pilot = load_plan(study, "planner0-seed0")["pilot"]
 
     def v(k: int, per_round: int) -> float:
-        return ttt.variance_term(pilot["weights"], pilot["spread"], [k] * n, [per_round / n] * n, rank)
+        return model_terms(pilot, [k] * n, uniform_q(n, per_round), rank)[0]
 
     variances = (v(best, PER_ROUND), v(best, PAIR_PER_ROUND))
     try:
