@@ -24,7 +24,9 @@ Runs, per seed s ∈ {0, 1, 2} (each a ``fedlora run`` / ``fedlora plan`` subpro
            runs) picks the best k (least time to target) as the uniform baseline's k, and fits R0, θ from the
            rounds-to-target of k = 64 and k = 8 with plan0's ρ_i and β (``fit_rounds_model``).
   stage 2  plan per seed: ``fedlora plan`` with those constants (planner.rounds_full = R0,
-           planner.variance_weight = θ); R0 does not change the choice, θ does. Then per seed:
+           planner.variance_weight = θ) and plan0's κ (planner.rank_cost: the plan is made for the system model
+           its runs are timed with; until 2026-12-03 each seed's planner timed its own κ, 3–4× plan0's under the
+           study's load); R0 does not change the choice, θ and κ do. Then per seed:
     (a) plan:       FSLoRA with ``plan=PLAN`` (its k_i, independent sampling with its q_i, its bandwidth policy);
     (b) uniform:    FSLoRA at the best grid k, uniform 4 per round, equal shares (seed 0: the grid run itself);
     (c) FedIT:      rank 64 everywhere, uniform 4 per round, equal shares;
@@ -230,6 +232,7 @@ def tasks(study: Study) -> list[Task]:
                 f"seed={s}",
                 f"planner.rounds_full={fit['rounds_full']}",
                 f"planner.variance_weight={fit['variance_weight']}",
+                f"planner.rank_cost={kappa(study)}",  # plan for the system the runs are timed with
             ]
 
         out.append(Task(pname, "plan", grid_names, plan_overrides))
