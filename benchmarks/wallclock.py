@@ -24,7 +24,9 @@ Runs, per seed s ∈ {0, 1, 2} (each a ``fedlora run`` / ``fedlora plan`` subpro
            runs) picks the best k (least time to target) as the uniform baseline's k, and fits R0, θ from the
            rounds-to-target of k = 64 and k = 8 with plan0's ρ_i and β (``fit_rounds_model``).
   stage 2  plan per seed: ``fedlora plan`` with those constants (planner.rounds_full = R0,
-           planner.variance_weight = θ); R0 does not change the choice, θ does. Then per seed:
+           planner.variance_weight = θ) and plan0's κ (planner.rank_cost: the plan is made for the system model
+           its runs are timed with; until 2026-12-03 each seed's planner timed its own κ, 3–4× plan0's under the
+           study's load); R0 does not change the choice, θ and κ do. Then per seed:
     (a) plan:       FSLoRA with ``plan=PLAN`` (its k_i, independent sampling with its q_i, its bandwidth policy);
     (b) uniform:    FSLoRA at the best grid k, uniform 4 per round, equal shares (seed 0: the grid run itself);
     (c) FedIT:      rank 64 everywhere, uniform 4 per round, equal shares;
@@ -230,6 +232,7 @@ def tasks(study: Study) -> list[Task]:
                 f"seed={s}",
                 f"planner.rounds_full={fit['rounds_full']}",
                 f"planner.variance_weight={fit['variance_weight']}",
+                f"planner.rank_cost={kappa(study)}",  # plan for the system the runs are timed with
             ]
 
         out.append(Task(pname, "plan", grid_names, plan_overrides))
@@ -806,26 +809,49 @@ def run_differences(first: Path, second: Path) -> list[str]:
     return out
 
 
+PILOT_TIMING_KEYS = frozenset({"seconds", "local_tokens_per_s"})
+"""A plan's pilot figures read from this machine's clock (its κ is given by ``planner.rank_cost``)."""
+
+
+def plan_differences(first: Path, second: Path) -> list[str]:
+    """What differs between two plan files: every ``[settings]``, ``[prediction]`` and ``[pilot]`` entry except
+    PILOT_TIMING_KEYS. Empty when the second plan reproduces the first."""
+    a, b = (tomllib.loads(path.read_text(encoding="utf-8")) for path in (first, second))
+    out = []
+    for section in ("settings", "prediction", "pilot"):
+        sa, sb = a.get(section, {}), b.get(section, {})
+        for key in sorted(set(sa) | set(sb)):
+            if section == "pilot" and key in PILOT_TIMING_KEYS:
+                continue
+            if sa.get(key) != sb.get(key):
+                out.append(f"[{section}] {key} differs")
+    return out
+
+
 def rerun(study: Study, name: str) -> list[str]:
-    """Run task NAME again from scratch (a fresh process, the same overrides, into ``rerun/NAME``) and compare it
-    with the study's run; returns the differences."""
-    task = next((t for t in tasks(study) if t.name == name and t.kind == "run"), None)
+    """Run task NAME (a run or a plan) again from scratch (a fresh process, the same overrides, into
+    ``rerun/NAME`` or ``rerun/plans/NAME.toml``) and compare it with the study's; returns the differences."""
+    task = next((t for t in tasks(study) if t.name == name), None)
     if task is None:
-        raise SystemExit(f"--rerun: no run called {name!r} in this study")
-    original = study.run_dir(name)
-    if not (original / "summary.json").is_file():
+        raise SystemExit(f"--rerun: no run or plan called {name!r} in this study")
+    original = study.run_dir(name) if task.kind == "run" else study.plan_file(name)
+    if not (original / "summary.json" if task.kind == "run" else original).is_file():
         raise SystemExit(f"--rerun: {original} has not finished")
     stage1(study)
     overrides = task.overrides()
     copy = replace(study, out=study.out / "rerun")
-    if copy.run_dir(name).exists():
-        shutil.rmtree(copy.run_dir(name))
-    seconds, rc = run_task(copy, Task(name, "run", (), lambda: overrides), overrides)
+    again = copy.run_dir(name) if task.kind == "run" else copy.plan_file(name)
+    if again.is_dir():
+        shutil.rmtree(again)
+    elif again.is_file():
+        again.unlink()
+    again.parent.mkdir(parents=True, exist_ok=True)
+    seconds, rc = run_task(copy, Task(name, task.kind, (), lambda: overrides), overrides)
     if rc != 0:
         raise SystemExit(f"--rerun: the rerun of {name} failed (exit {rc}); see {copy.out / 'logs'}")
-    diffs = run_differences(original, copy.run_dir(name))
+    diffs = run_differences(original, again) if task.kind == "run" else plan_differences(original, again)
     verdict = "reproduced exactly" if not diffs else f"{len(diffs)} difference(s): " + "; ".join(diffs[:5])
-    print(f"rerun of {name} ({seconds / 60:.1f} min, {copy.run_dir(name)}): {verdict}", flush=True)
+    print(f"rerun of {name} ({seconds / 60:.1f} min, {again}): {verdict}", flush=True)
     return diffs
 
 
@@ -1007,7 +1033,8 @@ def main() -> None:
     parser.add_argument(
         "--rerun",
         metavar="NAME",
-        help="rerun one finished run from scratch into OUT/rerun/NAME and compare its records and adapter",
+        help="rerun one finished run (or plan) from scratch into OUT/rerun/ and compare its records and adapter "
+        "(or its settings, prediction and pilot)",
     )
     parser.add_argument(
         "--metric",

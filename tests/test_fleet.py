@@ -290,3 +290,26 @@ def test_the_plan_beats_uniform_sampling_in_a_simulated_run(tmp_path):
 
 def _records(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_a_given_rank_cost_is_what_the_plan_uses_whatever_the_timings(tmp_path, monkeypatch):
+    """``planner.rank_cost`` pins κ: the pilot's timed steps (load-dependent: 0.0007 idle, 0.0023–0.0029 beside two
+    runs on this machine) then move neither the plan nor its prediction, and the search sees the given κ (a larger
+    one predicts slower rounds). Without it, κ comes from the timings."""
+    from fedlora import planning
+
+    timings = iter([2e-3, 9e-3, 3e-3, 5e-3, 1e-3, 8e-3, 4e-3, 6e-3, 7e-3, 2e-3])  # s per token, as under load
+    monkeypatch.setattr(planning, "_time_rank", lambda *args: next(timings))
+    common = ["data.max_examples=48", "train.local_steps=2"]
+
+    def plan(*overrides: str) -> dict:
+        return planning.make_plan(load_config(TINY, [*common, *overrides]), str(TINY), tmp_path / "pilot")
+
+    first, second = plan("planner.rank_cost=0.05"), plan("planner.rank_cost=0.05")
+    assert first["settings"] == second["settings"] and first["prediction"] == second["prediction"]
+    assert first["settings"]["network.rank_cost"] == first["pilot"]["rank_cost"] == 0.05
+    assert first["pilot"]["local_tokens_per_s"] != second["pilot"]["local_tokens_per_s"]  # the timings did differ
+    free = plan()
+    assert free["settings"]["network.rank_cost"] not in (0.0, 0.05)  # calibrated from the (patched) timings
+    cheap, dear = plan("planner.rank_cost=0")["settings"], plan("planner.rank_cost=5")["settings"]
+    assert sum(dear["budgets.per_client"]) < sum(cheap["budgets.per_client"])  # costly rank: smaller sketches

@@ -236,3 +236,19 @@ def test_run_differences_ignore_the_host_clock_and_nothing_else(tmp_path):
     assert wallclock.run_differences(first, other_adapter) == ["adapter/adapter_model.safetensors differs"]
     shorter = make("e", records[:1], b"weights")
     assert wallclock.run_differences(first, shorter) == ["metrics.jsonl: 2 records vs 1"]
+
+
+def test_plan_differences_ignore_the_pilots_clock_and_nothing_else(tmp_path):
+    plan = (
+        '[settings]\n"budgets.per_client" = [8, 64]\n"network.rank_cost" = 0.0007\n'
+        "[prediction]\nrounds = 6.0\nround_s = 13.2\n"
+        "[pilot]\nseconds = 50.0\nlocal_tokens_per_s = 300.0\nrank_exponent = 0.9\n"
+    )
+    first, clock, other_k, other_beta = (tmp_path / f"{n}.toml" for n in "abcd")
+    first.write_text(plan)
+    clock.write_text(plan.replace("seconds = 50.0", "seconds = 71.5").replace("= 300.0", "= 180.0"))
+    other_k.write_text(plan.replace("[8, 64]", "[16, 64]"))
+    other_beta.write_text(plan.replace("rank_exponent = 0.9", "rank_exponent = 0.91"))
+    assert wallclock.plan_differences(first, clock) == []
+    assert wallclock.plan_differences(first, other_k) == ["[settings] budgets.per_client differs"]
+    assert wallclock.plan_differences(first, other_beta) == ["[pilot] rank_exponent differs"]

@@ -392,6 +392,11 @@ class PlannerConfig(_Section):
     min_participants: float | None = Field(None, ge=0)
     """Plans keep Σ q_i ≥ this many expected participants per round (default: sampling.clients_per_round, the
     load of the uniform baseline)."""
+    rank_cost: float | None = Field(None, ge=0)
+    """κ to plan with (per-token compute grows as 1 + κ·k), instead of the pilot's calibration from timed local
+    steps, which moves with the machine's load (measured here: 0.0007 idle vs 0.0023–0.0029 beside two runs). Set
+    it when the runs are timed with a known ``network.rank_cost`` (a simulation study) or for a plan that a rerun
+    reproduces exactly; the plan then carries this κ in its settings."""
 
 
 # ------------------------------------------------------------------------------------ faults and privacy

@@ -216,11 +216,16 @@ def run_pilot(config: RunConfig, work_dir: Path, log: Callable[[str], None] = la
     low = max(1, min(cap))
     low = 1 if low == r else low
     scale = config.scale_rule
-    per_token_low = _time_rank(engine, client, setup.shapes, low, scale(low), config.seed)
-    per_token_full = _time_rank(engine, client, setup.shapes, r, scale(r), config.seed + 7)
-    denom = per_token_low * r - per_token_full * low
-    rank_cost = max(0.0, (per_token_full - per_token_low) / denom) if denom > 0 else 0.0
-    log(f"calibration: {per_token_low * 1e3:.3f} ms/token at rank {low}, {per_token_full * 1e3:.3f} at rank {r}")
+    if config.planner.rank_cost is not None:  # κ given: time the full rank only (the tokens/s reported)
+        per_token_full = _time_rank(engine, client, setup.shapes, r, scale(r), config.seed + 7)
+        rank_cost = config.planner.rank_cost
+        log(f"calibration: {per_token_full * 1e3:.3f} ms/token at rank {r}; κ = {rank_cost:.4g} (planner.rank_cost)")
+    else:
+        per_token_low = _time_rank(engine, client, setup.shapes, low, scale(low), config.seed)
+        per_token_full = _time_rank(engine, client, setup.shapes, r, scale(r), config.seed + 7)
+        denom = per_token_low * r - per_token_full * low
+        rank_cost = max(0.0, (per_token_full - per_token_low) / denom) if denom > 0 else 0.0
+        log(f"calibration: {per_token_low * 1e3:.3f} ms/token at rank {low}, {per_token_full * 1e3:.3f} at rank {r}")
     return PilotResult(
         weights=weights,
         spread=[float(s) for s in spreads],
