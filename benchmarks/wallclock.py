@@ -834,13 +834,18 @@ def rerun(study: Study, name: str) -> list[str]:
     task = next((t for t in tasks(study) if t.name == name), None)
     if task is None:
         raise SystemExit(f"--rerun: no run or plan called {name!r} in this study")
-    original = study.run_dir(name) if task.kind == "run" else study.plan_file(name)
-    if not (original / "summary.json" if task.kind == "run" else original).is_file():
+    is_run = task.kind == "run"
+
+    def output(of: Study) -> Path:
+        return of.run_dir(name) if is_run else of.plan_file(name)
+
+    original = output(study)
+    if not (original / "summary.json" if is_run else original).is_file():
         raise SystemExit(f"--rerun: {original} has not finished")
     stage1(study)
     overrides = task.overrides()
     copy = replace(study, out=study.out / "rerun")
-    again = copy.run_dir(name) if task.kind == "run" else copy.plan_file(name)
+    again = output(copy)
     if again.is_dir():
         shutil.rmtree(again)
     elif again.is_file():
@@ -849,7 +854,7 @@ def rerun(study: Study, name: str) -> list[str]:
     seconds, rc = run_task(copy, Task(name, task.kind, (), lambda: overrides), overrides)
     if rc != 0:
         raise SystemExit(f"--rerun: the rerun of {name} failed (exit {rc}); see {copy.out / 'logs'}")
-    diffs = run_differences(original, again) if task.kind == "run" else plan_differences(original, again)
+    diffs = run_differences(original, again) if is_run else plan_differences(original, again)
     verdict = "reproduced exactly" if not diffs else f"{len(diffs)} difference(s): " + "; ".join(diffs[:5])
     print(f"rerun of {name} ({seconds / 60:.1f} min, {again}): {verdict}", flush=True)
     return diffs
