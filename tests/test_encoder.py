@@ -257,6 +257,22 @@ def test_resume_of_an_encoder_run_ends_as_the_uninterrupted_one(tmp_path, runs):
     assert _records(out)[-1]["eval_loss"] == _records(runs["florist"][0])[-1]["eval_loss"]
 
 
+def test_resume_of_a_sketched_run_on_query_key_value_ends_as_the_uninterrupted_one(tmp_path):
+    """FSLoRA with budgets below the rank on query/key/value (model order is not name order): resumed after round
+    1, rounds 2-3 and the adapter are the uninterrupted run's, bit for bit (the restored global factors keep the
+    model's module order, from which each module's index set is drawn)."""
+    settings = [*FAST, 'model.target_modules=["query","key","value"]', "method=fslora", "rounds=3"]
+    whole = tmp_path / "whole"
+    federation.run(load_config(TINY, settings), whole)
+    out = tmp_path / "resumed"
+    federation.run(load_config(TINY, [*settings, "rounds=1"]), out)
+    federation.run(load_config(out / "config.resolved.toml", ["rounds=3"]), out, resume=True)
+    drop_wall = [{k: v for k, v in r.items() if k != "wall_s"} for r in _records(out)]
+    assert drop_wall == [{k: v for k, v in r.items() if k != "wall_s"} for r in _records(whole)]
+    adapter = Path("adapter") / "adapter_model.safetensors"
+    assert (out / adapter).read_bytes() == (whole / adapter).read_bytes()
+
+
 # ------------------------------------------------------------------------------------------------ models
 
 

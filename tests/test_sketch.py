@@ -4,7 +4,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedlora import payload, sketch
+from fedlora import payload, rundir, sketch
 from fedlora.lora.scaling import ScaleRule
 from fedlora.lora.state import ModuleShape, flatten_factors
 from fedlora.methods.factor_averaging import FactorAveraging
@@ -244,3 +244,25 @@ def test_fslora_aggregate_expectation_over_sketches():
     for total, G in ((B, G_B), (A, G_A)):
         se = G.abs() * (p * (1 - p) / rounds) ** 0.5
         assert torch.all((total / rounds - p * G).abs() < 5 * se)
+
+
+def test_fslora_resumed_from_its_checkpoint_sketches_the_same_columns(tmp_path):
+    """A checkpoint's tensors come back in name order ("l0.key" before "l0.query"); the restored method must keep
+    the model's module order, since ``plan`` draws each module's index set from one generator in that order. A
+    method restored in name order sketched other columns per module after a resume (resumed FSLoRA runs on
+    query/key/value left the uninterrupted run from the first round after the resume)."""
+    shapes = {f"l0.{m}": ModuleShape(24, 20) for m in ("query", "key", "value")}  # model order, not name order
+    method = _method([4], shapes=shapes)
+    plan = method.plan(0, 1, torch.Generator().manual_seed(3))
+    method.aggregate([plan], [{n: (b + 0.5, a - 0.25) for n, (b, a) in plan.factors.items()}], [1.0])
+    rundir.save_checkpoint(tmp_path, 1, method.state_tensors(), {"method_steps": method.step_count})
+    _, tensors, meta = rundir.load_checkpoint(tmp_path)
+    assert list(tensors) != list(method.state_tensors())  # the file keeps another order than the model
+    resumed = _method([4], shapes=shapes)
+    resumed.load_state_tensors(tensors, meta["method_steps"])
+    assert list(resumed.factors) == list(shapes)
+    expected, got = (m.plan(0, 2, torch.Generator().manual_seed(5)) for m in (method, resumed))
+    for name in shapes:
+        assert torch.equal(expected.context[name], got.context[name]), name
+        for sent, again in zip(expected.factors[name], got.factors[name], strict=True):
+            assert torch.equal(sent, again), name

@@ -83,6 +83,18 @@ def rank_facts(factors: Factors) -> dict[str, float]:
     return {"global_rank_min": min(ranks), "global_rank_max": max(ranks), "global_rank_mean": sum(ranks) / len(ranks)}
 
 
+def restore_factors(tensors: dict[str, Tensor], prefix: str, built: Factors) -> Factors:
+    """The factors under ``prefix`` of a checkpoint's ``tensors``, in the module order of ``built`` (the method's
+    factors as constructed, in model order). A checkpoint's tensors come back in name order ("...key" before
+    "...query"), and methods that draw per module from one generator in the order of their factors (FSLoRA's
+    index sets, a truncated global's padding, DP noise) would draw other numbers after a resume than an
+    uninterrupted run does."""
+    loaded = unflatten_factors(tensors, prefix=prefix)
+    if set(loaded) != set(built):
+        raise ValueError(f"checkpoint modules {sorted(set(loaded) ^ set(built))[:3]} do not match the model's")
+    return {name: loaded[name] for name in built}
+
+
 class GlobalAdapterState(MethodDefaults):
     """For methods whose whole state is a global adapter ``self.factors`` at ``self.global_scale``.
 
@@ -103,5 +115,5 @@ class GlobalAdapterState(MethodDefaults):
         return flatten_factors(self.factors, prefix="global.")
 
     def load_state_tensors(self, tensors: dict[str, Tensor], step_count: int) -> None:
-        self.factors = unflatten_factors(tensors, prefix="global.")
+        self.factors = restore_factors(tensors, "global.", self.factors)
         self.step_count = step_count

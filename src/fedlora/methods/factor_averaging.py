@@ -31,9 +31,9 @@ from torch import Tensor
 
 from fedlora import aggregation, sketch
 from fedlora.lora.scaling import ScaleRule
-from fedlora.lora.state import Factors, ModuleShape, flatten_factors, init_factors, unflatten_factors
+from fedlora.lora.state import Factors, ModuleShape, flatten_factors, init_factors
 from fedlora.methods.base import ClientPlan
-from fedlora.methods.common import GlobalAdapterState
+from fedlora.methods.common import GlobalAdapterState, restore_factors
 from fedlora.privacy import GaussianNoise
 from fedlora.server_optimizer import ServerOptimizer
 
@@ -136,6 +136,6 @@ class FactorAveraging(GlobalAdapterState):
         return state
 
     def load_state_tensors(self, tensors: dict[str, Tensor], step_count: int) -> None:
-        self.factors = unflatten_factors(tensors, prefix="global.")
+        self.factors = restore_factors(tensors, "global.", self.factors)
         opt = {k[len("opt.") :]: v for k, v in tensors.items() if k.startswith("opt.")}
         self.optimizer.load_state_tensors(opt, step_count)
