@@ -250,3 +250,43 @@ def test_torn_last_metrics_line_is_dropped_on_resume(tmp_path):
     federation.run(load_config(out / "config.resolved.toml", ["rounds=2"]), out, resume=True)
     rounds = [json.loads(x)["round"] for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert rounds == [1, 2]
+
+
+def test_a_round_lr_schedule_trains_each_round_at_its_decayed_lr(tmp_path, monkeypatch):
+    """train.round_lr_schedule: every client of round t trains at lr · ½(1 + cos(π(t − 1)/R)) (cosine) or
+    lr · (1 − (t − 1)/R) (linear), whatever engine runs it (the lr travels in the download); "constant" sends no
+    lr, so its downloads keep their bytes."""
+    import math
+
+    from fedlora import payload
+    from fedlora.client import app
+
+    seen: list[float] = []
+    real_train = app.train_adapter
+
+    def recording_train(model, examples, training, pad_id, seed):
+        seen.append(training.lr)
+        return real_train(model, examples, training, pad_id, seed)
+
+    monkeypatch.setattr(app, "train_adapter", recording_train)
+    lr, rounds = 0.01, 4
+    decays = {
+        "cosine": lambda t: 0.5 * (1 + math.cos(math.pi * (t - 1) / rounds)),
+        "linear": lambda t: 1 - (t - 1) / rounds,
+        "constant": lambda t: 1.0,
+    }
+    for schedule, decay in decays.items():
+        seen.clear()
+        overrides = [f"rounds={rounds}", "train.local_steps=1", f"train.lr={lr}", f"train.round_lr_schedule={schedule}"]
+        out, _ = _run(tmp_path, schedule, overrides)
+        records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        expected = [lr * decay(r["round"]) for r in records for _ in r["participants"]]
+        assert seen == pytest.approx(expected, rel=1e-12), schedule
+        assert len(set(seen)) == (1 if schedule == "constant" else rounds), schedule
+    downloads = []
+    real_blob = federation.download_blob
+    monkeypatch.setattr(
+        federation, "download_blob", lambda *a, **k: downloads.append(real_blob(*a, **k)) or downloads[-1]
+    )
+    _run(tmp_path, "constant-blobs", ["rounds=1"])
+    assert downloads and all("lr" not in payload.unpack(blob)[1] for blob in downloads)

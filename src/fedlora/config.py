@@ -250,6 +250,11 @@ class TrainConfig(_Section):
     batch_size: int = Field(8, ge=1)
     grad_accum: int = Field(1, ge=1)
     lr_schedule: Literal["constant", "linear", "cosine"] = "constant"
+    """Decay of the lr over one client's local steps within a round (restarting every round)."""
+    round_lr_schedule: Literal["constant", "linear", "cosine"] = "constant"
+    """Decay of the clients' lr over the rounds: round t of R trains at lr · f((t − 1)/R), f(p) = 1 − p ("linear")
+    or ½(1 + cos πp) ("cosine"); the server sends each round's lr in the download (not sent when "constant", so
+    those downloads keep their bytes). Combines with ``lr_schedule`` (that one then starts from the round's lr)."""
     warmup_steps: int = Field(0, ge=0)
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float | None = Field(1.0, gt=0)

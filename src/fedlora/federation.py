@@ -31,6 +31,7 @@ import torch
 
 from fedlora import __version__, crashpoints, payload, privacy, rundir, seeding
 from fedlora.client.app import eval_blob, install_adapter, personal_eval_blob
+from fedlora.client.train import round_lr
 from fedlora.config import RunConfig, dump_config
 from fedlora.engines.base import ClientFailure, Engine, NoFederatedEvaluation
 from fedlora.engines.inprocess import ClientEvaluation, InProcessEngine
@@ -108,9 +109,10 @@ def round_weights(config: RunConfig, participants: list[int], num_examples: list
     return unbiased_weights(participants, population, probs)
 
 
-def download_blob(plan: ClientPlan, round_idx: int, train_seed: int) -> bytes:
+def download_blob(plan: ClientPlan, round_idx: int, train_seed: int, lr: float | None = None) -> bytes:
     """What travels to the client: its starting factors (unless it draws them from ``fresh_seed``), the base
-    update to fold in (merge-into-base methods), and the round's settings."""
+    update to fold in (merge-into-base methods), and the round's settings; ``lr``: the round's client lr under a
+    decay over rounds (None: the client trains at its configured lr, and the download does not carry one)."""
     tensors = {} if plan.fresh_seed is not None else flatten_factors(plan.factors, prefix="adapter.")
     if plan.keep_B:  # the client trains from its own stored B: only A travels
         tensors = {k: v for k, v in tensors.items() if not k.endswith(".lora_B")}
@@ -133,6 +135,7 @@ def download_blob(plan: ClientPlan, round_idx: int, train_seed: int) -> bytes:
             # absent otherwise: the other methods' downloads keep their bytes
             **({"keep_B": True} if plan.keep_B else {}),
             **({"framed": True} if plan.frame is not None else {}),
+            **({"lr": lr} if lr is not None else {}),
         },
     )
 
@@ -455,14 +458,21 @@ def inprocess_engine(config: RunConfig, setup: RunSetup, client_states: Path | N
 
 
 def plan_round(
-    method: Method, seed: int, round_idx: int, participants: list[int], purposes: tuple[str, str] = ("sketch", "train")
+    method: Method,
+    seed: int,
+    round_idx: int,
+    participants: list[int],
+    purposes: tuple[str, str] = ("sketch", "train"),
+    lr: float | None = None,
 ) -> list[tuple[ClientPlan, bytes]]:
     """Plan: each participant's assignment (its random draws from ``purposes[0]``) and its
-    download blob (its training seed from ``purposes[1]``); the planner's pilot passes ("pilot", "pilot")."""
+    download blob (its training seed from ``purposes[1]``); the planner's pilot passes ("pilot", "pilot").
+    ``lr``: the round's client lr when it decays over rounds (:func:`fedlora.client.train.round_lr`), else None."""
     planned = []
     for cid in participants:
         plan = method.plan(cid, round_idx, seeding.generator(seed, purposes[0], round_idx, cid))
-        planned.append((plan, download_blob(plan, round_idx, seeding.derive_seed(seed, purposes[1], round_idx, cid))))
+        train_seed = seeding.derive_seed(seed, purposes[1], round_idx, cid)
+        planned.append((plan, download_blob(plan, round_idx, train_seed, lr)))
     return planned
 
 
@@ -540,7 +550,8 @@ def run_round(state: RunState, round_idx: int, reporter: Reporter) -> dict:
     config, method, started = state.config, state.method, time.perf_counter()
     participants = round_participants(config, round_idx)
     reporter.round_started(round_idx, participants)
-    planned = plan_round(method, config.seed, round_idx, participants)
+    lr = round_lr(config.train.lr, config.train.round_lr_schedule, round_idx, config.rounds)
+    planned = plan_round(method, config.seed, round_idx, participants, lr=lr)
     got = collect_uploads(state, planned, round_idx, reporter)
     crashpoints.reached("round:trained")
 

@@ -5,6 +5,7 @@ Both engines call ``run_client``: in-process with the shared model, Flower insid
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 
 import torch
@@ -78,6 +79,8 @@ def run_client(
             if key.startswith("adapter.") and key.endswith(".lora_B"):
                 factors[key[len("adapter.") : -len(".lora_B")]] = (R, torch.eye(R.shape[1]))
     install_adapter(layers, factors, float(meta["scale"]), train_B, train_A, frame=frame)
+    if meta.get("lr") is not None:  # the server's lr for this round (train.round_lr_schedule)
+        training = dataclasses.replace(training, lr=float(meta["lr"]))
     result = train_adapter(model, examples, training, pad_id, seed=int(meta["seed"]))
     trained = flatten_factors(read_adapter(layers))
     if meta.get("keep_B"):  # the trained B stays here; it is saved before the upload leaves

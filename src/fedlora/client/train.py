@@ -58,6 +58,15 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
     return 1.0
 
 
+def round_lr(lr: float, schedule: str, round_idx: int, rounds: int) -> float | None:
+    """The clients' lr in round ``round_idx`` (1-based) of ``rounds`` under a decay over rounds: lr · f((t − 1)/R),
+    f(p) = 1 − p or ½(1 + cos πp) (:func:`lr_factor` with the round as the step); None for "constant" (the
+    clients keep their own ``LocalTraining.lr``)."""
+    if schedule == "constant":
+        return None
+    return lr * lr_factor(round_idx - 1, rounds, 0, schedule)
+
+
 def _micro_batches(examples: list[dict], count: int, batch_size: int, generator: torch.Generator):
     """``count`` micro-batches of index lists, cycling through length-grouped epochs as needed."""
     lengths = [len(e["input_ids"]) for e in examples]
