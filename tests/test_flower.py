@@ -268,6 +268,7 @@ def simulated(tmp_path_factory, fedlora_cache):
     root = tmp_path_factory.mktemp("flower-sim")
     jobs = {m: method_args(m, TINY, *FAST) for m in METHODS}
     jobs.update({f"catchup-{m}": method_args(m, TINY, *CATCH_UP) for m in ("flora", "florist", "fedex")})
+    jobs["round-lr-cosine"] = method_args("fslora", TINY, *FAST, "train.round_lr_schedule=cosine")
     forgetful = [*CATCH_UP, "method=florist"]
     results: dict[str, dict] = {}
     timings: dict[str, float] = {}
@@ -322,6 +323,16 @@ def test_every_method_runs_on_flower_sim_like_in_process(simulated, method):
     # FedSA-LoRA's clients keep their B on the nodes: a Flower server holds the shared A only (its adapter/ has
     # B = 0), an in-process one reads the clients' B from the run folder for its shared view; A must agree
     _assert_same_run(out, root / "inprocess" / method, only="lora_A" if method == "fedsa" else "")
+
+
+def test_a_round_lr_schedule_on_flower_ends_as_in_process(simulated):
+    """train.round_lr_schedule: the round's lr travels in the download, so a node trains at the server's lr and
+    the run ends with the in-process adapter and bytes; it differs from the constant-lr run (round 2 at lr/2)."""
+    root, _ = simulated
+    _assert_same_run(root / "flower" / "round-lr-cosine", root / "inprocess" / "round-lr-cosine")
+    decayed = load_file(root / "flower" / "round-lr-cosine" / "adapter" / "adapter_model.safetensors")
+    constant = load_file(root / "flower" / "fslora" / "adapter" / "adapter_model.safetensors")
+    assert any(not torch.allclose(decayed[k], constant[k], atol=1e-6) for k in constant)
 
 
 @pytest.mark.parametrize("method", ["flora", "florist", "fedex"])
