@@ -182,7 +182,59 @@ def test_bigbench_instruction_rows_and_bad_task_names():
     with pytest.raises(DataError, match="data.tasks"):
         load_bigbench(["../etc"])
     with pytest.raises(DataError, match="data.task"):
-        load_bigbench(["navigate"], "classification")
+        load_bigbench(["navigate"], "regression")
+
+
+def test_bigbench_classification_rows_are_the_raw_inputs_and_their_best_labels():
+    import json
+
+    tasks = ["multiemo:hotels_sentence_en", "multiemo:reviews_sentence_en"]
+    ds = load_source("bigbench", tasks=tasks, kind="classification", max_per_task=40, seed=3)
+    assert ds.column_names == ["task", "text", "label"]
+    assert ds["task"].count(tasks[0]) == 40 and ds["task"].count(tasks[1]) == 40
+    for task in tasks:
+        spec = json.loads(bigbench_task_path(task).read_text())
+        best = {ex["input"]: max(ex["target_scores"], key=ex["target_scores"].get) for ex in spec["examples"]}
+        rows = [row for row in ds if row["task"] == task]
+        assert all(row["label"] == best[row["text"]] for row in rows)  # the raw input, not bigbench's prompt
+    assert set(ds["label"]) <= {"ambivalent", "negative", "neutral", "positive"} and len(set(ds["label"])) > 1
+    with pytest.raises(DataError, match="data.tasks: bigbench task 'navigate' has an example with labels"):
+        load_bigbench(["multiemo:hotels_sentence_en", "navigate"], "classification", max_per_task=5)
+    with pytest.raises(DataError, match="'social_iqa' has an example with labels .*one label set"):
+        load_bigbench(["social_iqa"], "classification")
+
+
+def test_tiny_encoder_run_on_bigbench_classification_split_by_domain(tmp_path):
+    from pathlib import Path
+
+    from fedlora import federation
+    from fedlora.config import load_config
+
+    tiny = Path(__file__).resolve().parents[1] / "examples" / "tiny.toml"
+    overrides = [
+        'model.name="tiny-random-bert"',
+        'model.target_modules=["query","value"]',
+        'data.source="bigbench"',
+        'data.task="classification"',
+        'data.tasks=["multiemo:hotels_sentence_en", "multiemo:medicine_sentence_en"]',
+        "data.max_per_task=40",
+        "data.eval_size=16",
+        "partition.num_clients=2",
+        'partition.scheme="natural"',
+        'partition.key="task"',
+        "sampling.clients_per_round=2",
+        "fleet.tokens_per_s=100",
+        "fleet.distance_m=100",
+        "budgets.per_client=[2, 4]",
+        "rounds=1",
+        "train.local_steps=1",
+    ]
+    summary = federation.run(load_config(tiny, overrides), tmp_path / "run")
+    assert 0.0 <= summary["final_eval"]["eval_accuracy"] <= 1.0
+    # one domain per client, sorted by name; tiny.toml keeps 72 of the 80 sentences and holds 16 out
+    counts = [c["label_counts"] for c in summary["clients"]]
+    assert sum(sum(c.values()) for c in counts) == 56 and all(sum(c.values()) > 10 for c in counts)
+    assert [list(c) for c in counts] == [["multiemo:hotels_sentence_en"], ["multiemo:medicine_sentence_en"]]
 
 
 def test_bigbench_missing_package_is_one_clear_error(monkeypatch):
