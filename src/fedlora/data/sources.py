@@ -138,7 +138,7 @@ def _one_label_set(task: str, rows: list[dict], label_set: set[str] | None) -> s
         elif labels != label_set:
             raise DataError(
                 f"data.tasks: bigbench task {task!r} has an example with labels {sorted(labels)}, not "
-                f"{sorted(label_set)}; classification needs one label set (use data.task = \"multiple_choice\")"
+                f'{sorted(label_set)}; classification needs one label set (use data.task = "multiple_choice")'
             )
     return label_set
 
