@@ -118,12 +118,12 @@ def load_bigbench(
             subtasks = sorted(d.name for d in path.parent.iterdir() if (d / "task.json").is_file())
             hint = f"; its subtasks are {', '.join(f'{task}:{s}' for s in subtasks[:4])}" if subtasks else ""
             raise DataError(f"data.tasks: bigbench task {task!r} has no {what}{hint}")
+        if kind == "classification":  # every example of the task, not only the ones kept below
+            label_set = _one_label_set(task, rows, label_set)
         if max_per_task is not None and max_per_task < len(rows):
             rng = np.random.default_rng([seed, len(rows)])
             keep = np.sort(rng.choice(len(rows), size=max_per_task, replace=False))
             rows = [rows[i] for i in keep]
-        if kind == "classification":
-            label_set = _one_label_set(task, rows, label_set)
         for ex in rows:
             _bigbench_row(columns, task, spec, ex, kind)
     return datasets.Dataset.from_dict(columns)
