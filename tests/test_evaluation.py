@@ -202,6 +202,8 @@ def test_bigbench_classification_rows_are_the_raw_inputs_and_their_best_labels()
         load_bigbench(["multiemo:hotels_sentence_en", "navigate"], "classification", max_per_task=5)
     with pytest.raises(DataError, match="'social_iqa' has an example with labels .*one label set"):
         load_bigbench(["social_iqa"], "classification")
+    with pytest.raises(DataError, match="'social_iqa' has an example with labels"):  # whatever subset is kept
+        load_bigbench(["social_iqa"], "classification", max_per_task=1)
 
 
 @pytest.mark.parametrize("method", ["fslora", "fedsa"])  # fedsa: also each client's own model, per task
