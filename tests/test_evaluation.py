@@ -206,22 +206,17 @@ def test_bigbench_classification_rows_are_the_raw_inputs_and_their_best_labels()
         load_bigbench(["social_iqa"], "classification", max_per_task=1)
 
 
-@pytest.mark.parametrize("method", ["fslora", "fedsa"])  # fedsa: also each client's own model, per task
-def test_tiny_encoder_run_on_bigbench_classification_split_by_domain(tmp_path, method):
+def tiny_run_one_task_per_client(run_dir, overrides: list[str]) -> dict:
+    """examples/tiny.toml on two bigbench tasks, one per client (natural split by task), one round of one step;
+    ``overrides`` give the tasks, the data kind and the rest. Returns the run's summary."""
     from pathlib import Path
 
     from fedlora import federation
     from fedlora.config import load_config
 
     tiny = Path(__file__).resolve().parents[1] / "examples" / "tiny.toml"
-    overrides = [
-        'model.name="tiny-random-bert"',
-        'model.target_modules=["query","value"]',
+    common = [
         'data.source="bigbench"',
-        'data.task="classification"',
-        'data.tasks=["multiemo:hotels_sentence_en", "multiemo:medicine_sentence_en"]',
-        "data.max_per_task=40",
-        "data.eval_size=16",
         "partition.num_clients=2",
         'partition.scheme="natural"',
         'partition.key="task"',
@@ -231,9 +226,22 @@ def test_tiny_encoder_run_on_bigbench_classification_split_by_domain(tmp_path, m
         "budgets.per_client=[2, 4]",
         "rounds=1",
         "train.local_steps=1",
+    ]
+    return federation.run(load_config(tiny, [*common, *overrides]), run_dir)
+
+
+@pytest.mark.parametrize("method", ["fslora", "fedsa"])  # fedsa: also each client's own model, per task
+def test_tiny_encoder_run_on_bigbench_classification_split_by_domain(tmp_path, method):
+    overrides = [
+        'model.name="tiny-random-bert"',
+        'model.target_modules=["query","value"]',
+        'data.task="classification"',
+        'data.tasks=["multiemo:hotels_sentence_en", "multiemo:medicine_sentence_en"]',
+        "data.max_per_task=40",
+        "data.eval_size=16",
         f"method={method}",
     ]
-    summary = federation.run(load_config(tiny, overrides), tmp_path / "run")
+    summary = tiny_run_one_task_per_client(tmp_path / "run", overrides)
     assert 0.0 <= summary["final_eval"]["eval_accuracy"] <= 1.0
     if method == "fedsa":
         # each client's own model is scored too; its per-task figures are a dict (this crashed the run before)
@@ -267,30 +275,15 @@ def test_multiple_choice_template_reads_index_or_text():
 # --------------------------------------------------------------------------------- a federated run on bigbench
 def test_tiny_run_on_a_bigbench_mixture_reports_accuracy_per_task(tmp_path):
     import json
-    from pathlib import Path
 
-    from fedlora import federation
-    from fedlora.config import load_config
-
-    tiny = Path(__file__).resolve().parents[1] / "examples" / "tiny.toml"
     overrides = [
-        'data.source="bigbench"',
         'data.task="multiple_choice"',
         'data.tasks=["sports_understanding", "navigate"]',
         "data.max_per_task=30",
         "data.eval_size=12",
-        "partition.num_clients=2",
-        'partition.scheme="natural"',
-        'partition.key="task"',
-        "sampling.clients_per_round=2",
-        "fleet.tokens_per_s=100",
-        "fleet.distance_m=100",
-        "budgets.per_client=[2, 4]",
-        "rounds=1",
-        "train.local_steps=1",
         "eval.length_normalize=true",
     ]
-    summary = federation.run(load_config(tiny, overrides), tmp_path / "run")
+    summary = tiny_run_one_task_per_client(tmp_path / "run", overrides)
     final = summary["final_eval"]
     assert set(final["eval_task_accuracy"]) == {"navigate", "sports_understanding"}
     assert 0.0 <= final["eval_accuracy"] <= 1.0 and math.isfinite(final["eval_perplexity"])
