@@ -313,13 +313,9 @@ def evaluate_personal(setup: RunSetup, method, config: RunConfig, adapters: dict
     for cid, (factors, scales) in sorted(adapters.items()):
         install_adapter(setup.layers, factors, scales, train_B=False, train_A=False)
         result = heldout(setup, config)
-        per_client.append({"client": cid, **{k: _plain(v) for k, v in result.items() if k.startswith("eval_")}})
+        # as the server's own figures (evaluate_round): plain floats, and a {task: accuracy} dict for task mixtures
+        per_client.append({"client": cid, **{k: v for k, v in result.items() if k.startswith("eval_")}})
     return mean_figures([1.0] * len(per_client), per_client, "personal_"), per_client
-
-
-def _plain(figure) -> float | dict[str, float]:
-    """A held-out figure as plain floats: a number, or a {task: accuracy} dict (data with a task column)."""
-    return {str(task): float(value) for task, value in figure.items()} if isinstance(figure, dict) else float(figure)
 
 
 def client_summaries(config: RunConfig, setup: RunSetup, engine: Engine) -> list[dict]:
